@@ -1,0 +1,38 @@
+# The two commands of the course:  make book  and  make test  (see README.md).
+# Both create .venv at the repository root when it is missing; nothing needs activating.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.rl4lmt-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export HF_DATASETS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+export MPLBACKEND := Agg
+export PYDEVD_DISABLE_FILE_VALIDATION := 1
+
+.PHONY: book test venv clean-book model exercises bench
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	@touch $(STAMP)
+
+## make book: build the whole book, every chapter executed (cached), warnings are errors.
+book: $(STAMP)
+	$(VENV)/bin/jupyter-book build . -W --keep-going
+
+## make test: the whole test suite (builds the book first: browser and leak tests read it).
+test: book
+	$(PY) -m pytest
+
+## make model: retrain the shipped tiny GPT-2 on the TinyReviews world (same seed, same weights).
+model: $(STAMP)
+	$(PY) -m rl4lmt.zoo train
+
+clean-book:
+	rm -rf _build
