@@ -97,7 +97,8 @@ def surprisal(p, base: float = 2.0, *, log: bool = False):
     else:
         if bool(((x < 0) | (x > 1)).any()):
             raise ValueError("p must hold probabilities in [0, 1] (pass log=True for log-probabilities)")
-        out = -lib_log(x) / math.log(base)
+        with np.errstate(divide="ignore"):  # log(0) = -inf on purpose: an impossible event
+            out = -lib_log(x) / math.log(base)
     if isinstance(p, torch.Tensor):
         return out
     return float(out) if np.ndim(out) == 0 else out
