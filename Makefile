@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 export MPLBACKEND := Agg
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test venv clean-book model exercises bench
+.PHONY: book test venv clean-book model exercises bench chromium
 
 venv: $(STAMP)
 
@@ -27,8 +27,20 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 ## make test: the whole test suite (builds the book first: browser and leak tests read it).
-test: book
+test: book chromium
 	$(PY) -m pytest
+
+## make chromium: Debian's Chromium for tests/test_browser.py, installed with apt-get where it
+## is missing (CI runs as root). Where it cannot be installed the browser test is skipped, loudly.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "make chromium: installing Debian's chromium for the browser test"; \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	      || echo "make chromium: WARNING: could not install chromium: the browser test will be SKIPPED"; \
+	  else \
+	    echo "make chromium: WARNING: chromium is missing and cannot be installed here (needs root and apt-get): the browser test will be SKIPPED"; \
+	  fi; }
 
 ## make model: retrain the shipped tiny GPT-2 on the TinyReviews world (same seed, same weights).
 model: $(STAMP)
