@@ -18,9 +18,9 @@ def world():
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    from rl4lmt.zoo import load
-    return load("tiny-reviews")[1]
+def tokenizer(world):
+    from rl4lmt.zoo import build_tokenizer
+    return build_tokenizer(world)
 
 
 # ----------------------------------------------------------------------------- check_env
@@ -40,6 +40,7 @@ def test_textgen_passes_check_env(world, tokenizer):
     env = gym.make("rl4lmt/TextGen-v0", world=world, tokenizer=tokenizer, max_length=12)
     check_env(env.unwrapped)
     check_env(gym.make("rl4lmt/TextGen-v0", world=world, tokenizer=tokenizer, prompts=["the plot was"]).unwrapped)
+    check_env(gym.make("rl4lmt/TextGen-v0").unwrapped)  # defaults: TinyReviews() and its tokenizer
 
 
 # ----------------------------------------------------------------------------- gridworld
@@ -200,7 +201,7 @@ def test_textgen_penalties_prompts_and_custom_reward(world, tokenizer):
     env = gym.make("rl4lmt/TextGen-v0", world=world, tokenizer=tokenizer, max_length=5)
     _, rewards, info, term = play(env, "the the plot")  # ungrammatical
     assert term and rewards[-1] == -1.0
-    _, rewards, info, term = play(env, "the plot was great , but")  # cut at 5 words
+    _, rewards, info, term = play(env, "the plot was good , but")  # cut at 5 words
     assert term and info["reason"] == "length" and rewards[-1] == -1.0 and info["text"].count(" ") == 4
     # a pluggable reward: number of words, and no penalty
     env = gym.make("rl4lmt/TextGen-v0", world=world, tokenizer=tokenizer,

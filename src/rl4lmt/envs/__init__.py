@@ -19,12 +19,12 @@ from __future__ import annotations
 import gymnasium as gym
 
 from rl4lmt.envs.bandit import BanditEnv, pull_arms, sample_arm_values
-from rl4lmt.envs.gridworld import ACTIONS, ARROWS, LECTURE_LAYOUT, GridWorldEnv
+from rl4lmt.envs.gridworld import ACTIONS, ARROWS, LECTURE_LAYOUT, GridWorldEnv, plot_values
 from rl4lmt.envs.textgen import TextGenEnv
 
 __all__ = [
     "GridWorldEnv", "BanditEnv", "TextGenEnv", "ACTIONS", "ARROWS", "LECTURE_LAYOUT",
-    "sample_arm_values", "pull_arms", "ENV_IDS",
+    "sample_arm_values", "pull_arms", "plot_values", "ENV_IDS",
 ]
 
 ENV_IDS = ("rl4lmt/GridWorld-v0", "rl4lmt/Bandit-v0", "rl4lmt/TextGen-v0")

@@ -34,7 +34,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-__all__ = ["GridWorldEnv", "ACTIONS", "ARROWS", "LECTURE_LAYOUT"]
+__all__ = ["GridWorldEnv", "ACTIONS", "ARROWS", "LECTURE_LAYOUT", "plot_values"]
 
 #: Action ids in order; clockwise from "up".
 ACTIONS: tuple[str, ...] = ("up", "right", "down", "left")
@@ -190,3 +190,42 @@ class GridWorldEnv(gym.Env):
                 chars.append("A" if here else ch)
             rows.append(" ".join(chars))
         return "\n".join(rows) + "\n"
+
+
+def plot_values(env: GridWorldEnv, V: np.ndarray, policy: np.ndarray | None = None, ax=None,
+                title: str | None = None, vmax: float | None = None):
+    """Heat-map of state values ``V`` on the grid, with the greedy ``policy`` as arrows.
+
+    Walls are grey, terminal squares are outlined; returns the matplotlib ``Axes``."""
+    import matplotlib.pyplot as plt  # lazy: environments must not need matplotlib
+
+    env = getattr(env, "unwrapped", env)
+    V = np.asarray(V, dtype=float)
+    if V.shape != (env.n_states,):
+        raise ValueError(f"V must have shape ({env.n_states},), got {V.shape}")
+    if policy is not None and np.shape(policy) != (env.n_states,):
+        raise ValueError(f"policy must have shape ({env.n_states},), got {np.shape(policy)}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(1.1 * env.width + 1, 1.1 * env.height))
+    grid = np.full((env.height, env.width), np.nan)
+    for s, (x, y) in enumerate(env.cells):
+        grid[env.height - y, x - 1] = V[s]
+    vmax = float(np.nanmax(np.abs(grid))) if vmax is None else vmax
+    cmap = plt.get_cmap("RdYlGn").copy()
+    cmap.set_bad("0.45")  # walls
+    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax)
+    for s, (x, y) in enumerate(env.cells):
+        r, c = env.height - y, x - 1
+        label = f"{V[s]:.2f}"
+        if policy is not None and not env.terminal[s]:
+            label = f"{ARROWS[int(policy[s])]}\n{label}"
+        ax.text(c, r, label, ha="center", va="center", fontsize=10)
+        if env.terminal[s]:
+            ax.add_patch(plt.Rectangle((c - 0.5, r - 0.5), 1, 1, fill=False, lw=2.5, ec="black"))
+    ax.set_xticks(range(env.width), [str(x) for x in range(1, env.width + 1)])
+    ax.set_yticks(range(env.height), [str(y) for y in range(env.height, 0, -1)])
+    ax.set_xlabel("x")
+    ax.set_ylabel("y")
+    if title:
+        ax.set_title(title)
+    return ax

@@ -38,8 +38,8 @@ class TextGenEnv(gym.Env):
     Args:
         world: a :class:`rl4lmt.world.TinyReviews` (default: ``TinyReviews()``).
         tokenizer: the word-level tokenizer whose ids ``0..len(world.vocab)-1`` are the world's
-            words (default: the one of ``rl4lmt.zoo.load("tiny-reviews")``, loaded lazily);
-            it provides the BOS and pad ids of the observation.
+            words (default: ``rl4lmt.zoo.build_tokenizer(world)``, the tokenizer of the shipped
+            ``load("tiny-reviews")`` model); it provides the BOS and pad ids of the observation.
         reward_fn: ``text -> float``, the reward of a finished review (default
             ``world.sentiment``); e.g. a learned reward model's score.
         max_length: most words per review before the episode is cut.
@@ -67,8 +67,8 @@ class TextGenEnv(gym.Env):
         if not hasattr(world, "vocab") or not hasattr(world, "sentiment"):
             raise TypeError(f"world must be a TinyReviews world, got {type(world).__name__}")
         if tokenizer is None:
-            from rl4lmt.zoo import load
-            tokenizer = load("tiny-reviews")[1]
+            from rl4lmt.zoo import build_tokenizer  # the tokenizer the shipped tiny GPT-2 uses
+            tokenizer = build_tokenizer(world)
         V = len(world.vocab)
         if list(tokenizer.convert_ids_to_tokens(list(range(V)))) != list(world.vocab):
             raise ValueError("tokenizer ids 0..len(world.vocab)-1 must be the world's words in order")
