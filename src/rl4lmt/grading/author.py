@@ -1,0 +1,237 @@
+"""Write and check assignment masters that follow the course conventions (see ``rl4lmt.grading``).
+
+Write a master with a throw-away script (kept OUT of the repository: everything in the
+assignment folder is released to students)::
+
+    from rl4lmt.grading.author import Master
+
+    m = Master("ch01-lm", "Chapter 1 - surprisal")       # the setup cell comes first, automatically
+    m.markdown("## Task 1: surprisal\\nWrite `surprisal(p)` in bits ...")
+    m.code("import numpy as np", grade_id="imports")      # read-only instructor code
+    m.solution("surprisal", '''
+    def surprisal(p: float) -> float:
+        \"\"\"-log2 p: the information content of an event of probability p.\"\"\"
+        ### BEGIN SOLUTION
+        return -np.log2(p)
+        ### END SOLUTION
+    ''')
+    m.tests("surprisal_tests", points=2, source='''
+    got = surprisal(0.5)
+    assert abs(got - 1.0) < 1e-9, f"surprisal(0.5) should be 1 bit, got {got}"
+    ### BEGIN HIDDEN TESTS
+    # hint: use base-2 logarithms, and check p = 1 gives 0 bits
+    assert abs(surprisal(0.125) - 3.0) < 1e-9
+    ### END HIDDEN TESTS
+    ''')
+    m.answer("why_bits", points=1, prompt="**Question.** Why bits?", solution="Because ...")
+    m.write()   # solutions/ch01-lm/ch01-lm.ipynb, checked against the conventions
+
+Check a master from the shell: ``python -m rl4lmt.grading.author check solutions/ch01-lm``.
+Re-stamp the setup cell of every master: ``python -m rl4lmt.grading.author stamp``.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import pathlib
+import re
+import sys
+import textwrap
+
+import nbformat
+
+from rl4lmt.grading import ROOT, setup_cell_source
+
+__all__ = ["Master", "check_master", "stamp_setup_cells"]
+
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def _meta(grade_id: str, *, grade=False, solution=False, locked=False, points=None) -> dict:
+    md = {"grade": grade, "grade_id": grade_id, "locked": locked, "schema_version": 3,
+          "solution": solution, "task": False}
+    if grade:
+        md["points"] = points
+    return {"nbgrader": md}
+
+
+class Master:
+    """A master notebook being written, cell by cell, in nbgrader's format (schema 3)."""
+
+    def __init__(self, assignment: str, title: str, url: str | None = None):
+        if not re.match(r"^ch\d\d-[a-z0-9-]+$", assignment):
+            raise ValueError(f"assignment must look like 'chNN-topic', got {assignment!r}")
+        self.assignment = assignment
+        self.nb = nbformat.v4.new_notebook()
+        self.nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                            "language_info": {"name": "python"}}
+        self.code(setup_cell_source(url), grade_id="setup")
+        self.markdown(f"# {title}")
+
+    def _add(self, cell):
+        cell.source = textwrap.dedent(cell.source).strip("\n")
+        self.nb.cells.append(cell)
+        return cell
+
+    def markdown(self, text: str):
+        """Instructions (unmarked markdown)."""
+        return self._add(nbformat.v4.new_markdown_cell(text))
+
+    def code(self, source: str, grade_id: str):
+        """Read-only instructor code (imports, data, plots)."""
+        return self._add(nbformat.v4.new_code_cell(source, metadata=_meta(grade_id, locked=True)))
+
+    def solution(self, grade_id: str, source: str):
+        """A code cell the student completes (solution between the solution markers)."""
+        return self._add(nbformat.v4.new_code_cell(source, metadata=_meta(grade_id, solution=True)))
+
+    def tests(self, grade_id: str, points: float, source: str):
+        """An autograded test cell: visible asserts, then hidden ones between the hidden-test markers."""
+        return self._add(nbformat.v4.new_code_cell(
+            source, metadata=_meta(grade_id, grade=True, locked=True, points=points)))
+
+    def answer(self, grade_id: str, points: float, prompt: str, solution: str):
+        """A manually graded written answer: a prompt, then a markdown answer cell."""
+        self.markdown(prompt)
+        text = f"{BEGIN_SOLUTION}\n{textwrap.dedent(solution).strip()}\n{END_SOLUTION}"
+        return self._add(nbformat.v4.new_markdown_cell(
+            text, metadata=_meta(grade_id, grade=True, solution=True, points=points)))
+
+    def write(self, root: str | pathlib.Path | None = None) -> pathlib.Path:
+        """Write ``solutions/<assignment>/<assignment>.ipynb`` and check it against the conventions."""
+        folder = pathlib.Path(root or ROOT) / "solutions" / self.assignment
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.assignment}.ipynb"
+        nbformat.write(self.nb, path)
+        problems = check_master(path)
+        if problems:
+            raise ValueError(f"master {path} breaks the conventions:\n- " + "\n- ".join(problems))
+        return path
+
+
+def hidden_lines(source: str) -> list[str]:
+    """The lines strictly between the hidden-test markers of a cell source."""
+    out, inside = [], False
+    for line in source.splitlines():
+        if BEGIN_HIDDEN in line:
+            inside = True
+        elif END_HIDDEN in line:
+            inside = False
+        elif inside:
+            out.append(line)
+    return out
+
+
+def solution_lines(source: str) -> list[str]:
+    """The lines strictly between the solution markers of a cell source."""
+    out, inside = [], False
+    for line in source.splitlines():
+        if BEGIN_SOLUTION in line:
+            inside = True
+        elif END_SOLUTION in line:
+            inside = False
+        elif inside:
+            out.append(line)
+    return out
+
+
+def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
+    """Problems with a master notebook (empty list: it follows the conventions)."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / f"{path.name}.ipynb"
+    if not path.is_file():
+        return [f"{path} does not exist"]
+    nb = nbformat.read(path, as_version=4)
+    problems: list[str] = []
+    if path.stem != path.parent.name:
+        problems.append(f"notebook {path.name} should be named after its folder {path.parent.name}")
+    if not nb.cells or nb.cells[0].source != setup_cell_source(url):
+        problems.append("the first cell is not the generated setup cell (run: python -m rl4lmt.grading.author stamp)")
+    ids = set()
+    graded = 0
+    for i, cell in enumerate(nb.cells):
+        md = cell.metadata.get("nbgrader")
+        if cell.cell_type == "code" and cell.get("outputs"):
+            problems.append(f"cell {i}: outputs are not stripped")
+        if cell.cell_type == "code" and not md:
+            problems.append(f"cell {i}: code cell without nbgrader metadata (lock it or make it a solution/test)")
+        if not md:
+            continue
+        gid = md.get("grade_id", "")
+        if not _ID.match(gid):
+            problems.append(f"cell {i}: grade_id {gid!r} is not lowercase snake_case")
+        if gid in ids:
+            problems.append(f"cell {i}: grade_id {gid!r} used twice")
+        ids.add(gid)
+        if md.get("schema_version") != 3:
+            problems.append(f"cell {i} ({gid}): schema_version must be 3")
+        src = cell.source
+        if md.get("solution") and (BEGIN_SOLUTION not in src or END_SOLUTION not in src):
+            problems.append(f"cell {i} ({gid}): solution cell without both solution markers")
+        if md.get("grade"):
+            graded += 1
+            if not md.get("points"):
+                problems.append(f"cell {i} ({gid}): graded cell without points")
+        if md.get("grade") and not md.get("solution"):
+            if cell.cell_type != "code" or not md.get("locked"):
+                problems.append(f"cell {i} ({gid}): test cells must be locked code cells")
+            if BEGIN_HIDDEN in src:
+                if END_HIDDEN not in src:
+                    problems.append(f"cell {i} ({gid}): hidden tests without an end marker")
+                if not any(line.strip().lower().startswith("# hint:") for line in hidden_lines(src)):
+                    problems.append(f"cell {i} ({gid}): hidden tests without a '# hint: ...' line")
+        if cell.cell_type == "code":
+            try:
+                ast.parse(src.replace("%", "#"))
+            except SyntaxError as e:
+                problems.append(f"cell {i} ({gid}): syntax error {e}")
+    if graded == 0:
+        problems.append("no graded cell")
+    return problems
+
+
+def stamp_setup_cells(root: str | pathlib.Path | None = None, url: str | None = None) -> list[pathlib.Path]:
+    """Make the first cell of every master the generated setup cell; return the masters changed."""
+    changed = []
+    src = setup_cell_source(url)
+    for path in sorted((pathlib.Path(root or ROOT) / "solutions").glob("ch*/ch*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        first = nb.cells[0] if nb.cells else None
+        if first is not None and first.metadata.get("nbgrader", {}).get("grade_id") == "setup":
+            if first.source == src:
+                continue
+            first.source = src
+        else:
+            nb.cells.insert(0, nbformat.v4.new_code_cell(src, metadata=_meta("setup", locked=True)))
+        nbformat.write(nb, path)
+        changed.append(path)
+    return changed
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m rl4lmt.grading.author", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="check masters against the conventions")
+    c.add_argument("paths", nargs="*", help="assignment folders or notebooks (default: all in solutions/)")
+    sub.add_parser("stamp", help="re-stamp the setup cell of every master from _config.yml")
+    args = p.parse_args(argv)
+    if args.cmd == "stamp":
+        for path in stamp_setup_cells():
+            print(f"stamped {path}")
+        return 0
+    paths = args.paths or sorted(str(q) for q in (ROOT / "solutions").glob("ch*") if q.is_dir())
+    bad = 0
+    for path in paths:
+        problems = check_master(path)
+        print(f"{path}: {'ok' if not problems else ''}")
+        for problem in problems:
+            print(f"  - {problem}")
+        bad += bool(problems)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
