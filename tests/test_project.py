@@ -1,0 +1,128 @@
+"""The project's own files agree with each other: one set of dependencies, one set of pins, one command.
+
+pyproject.toml states the ranges (dependencies + the ``dev`` extra), constraints.txt pins the
+tested versions (``pip install -c``), environment.yml mirrors both for conda users, and CI runs
+``make test``, which builds the book and runs the browser and plain-install tests.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import pathlib
+import re
+import tomllib
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
+from packaging.utils import canonicalize_name
+from packaging.version import Version
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+PROJECT = PYPROJECT["project"]
+REQUIREMENTS = [Requirement(r) for r in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["dev"]]
+
+
+def constraints() -> dict[str, tuple[str, str]]:
+    """constraints.txt as {canonical name: (name as written, pinned version)}."""
+    pins: dict[str, tuple[str, str]] = {}
+    for number, line in enumerate((ROOT / "constraints.txt").read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!-]+)", line)
+        assert m, f"constraints.txt:{number}: {line!r} is not a 'name==version' pin"
+        key = canonicalize_name(m.group(1))
+        assert key not in pins, f"constraints.txt:{number}: {m.group(1)} is pinned twice"
+        pins[key] = (m.group(1), m.group(2))
+    return pins
+
+
+def environment_pins() -> tuple[dict[str, str], list, str]:
+    """environment.yml's pip section as {canonical name: version}, its other entries, python."""
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict) and "pip" in d)
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    pins, others = {}, []
+    for entry in pip_section:
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)", entry)
+        if m:
+            key = canonicalize_name(m.group(1))
+            assert key not in pins, f"environment.yml lists {m.group(1)} twice"
+            pins[key] = m.group(2)
+        else:
+            others.append(entry)
+    return pins, others, python
+
+
+def test_every_dependency_is_pinned_within_its_range():
+    pins = constraints()
+    problems = []
+    for req in REQUIREMENTS:
+        key = canonicalize_name(req.name)
+        if key not in pins:
+            problems.append(f"{req.name}: in pyproject.toml but not pinned in constraints.txt")
+        elif not req.specifier.contains(Version(pins[key][1]), prereleases=True):
+            problems.append(f"{req.name}: pinned {pins[key][1]}, outside pyproject's range {req.specifier}")
+    assert not problems, "\n".join(problems)
+
+
+def test_environment_yml_mirrors_pyproject_and_constraints():
+    pins = constraints()
+    env_pins, others, python = environment_pins()
+    wanted = {canonicalize_name(r.name) for r in REQUIREMENTS}
+    assert set(env_pins) == wanted, (
+        f"environment.yml's packages differ from pyproject's dependencies + dev extra: "
+        f"missing {sorted(wanted - set(env_pins))}, extra {sorted(set(env_pins) - wanted)}")
+    different = {k: (v, pins.get(k, (k, None))[1]) for k, v in env_pins.items() if pins.get(k, (k, None))[1] != v}
+    assert not different, f"environment.yml pin != constraints.txt pin (env, constraints): {different}"
+    assert others == ["-e ."], f"environment.yml's pip section should end with '-e .' only, got {others}"
+    version = python.split("=", 1)[1] if "=" in python else None
+    assert version and SpecifierSet(PROJECT["requires-python"]).contains(Version(version)), (
+        f"environment.yml's {python!r} does not satisfy requires-python {PROJECT['requires-python']}")
+
+
+def test_jupyter_book_stays_on_version_1():
+    req = next(r for r in REQUIREMENTS if canonicalize_name(r.name) == "jupyter-book")
+    assert req.specifier == SpecifierSet(">=1,<2"), f"jupyter-book constraint is {req.specifier}, expected >=1,<2"
+
+
+def test_installed_versions_are_the_pinned_ones():
+    """The environment the suite runs in is the tested one (catches an un-pinned pip install)."""
+    pins = constraints()
+    wrong = {}
+    for req in REQUIREMENTS:
+        name, pinned = pins[canonicalize_name(req.name)]
+        try:
+            installed = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            wrong[name] = (pinned, "not installed")
+            continue
+        # "==2.13.0" accepts the local build "2.13.0+cpu", as pip does.
+        if not SpecifierSet(f"=={pinned}").contains(Version(installed), prereleases=True):
+            wrong[name] = (pinned, installed)
+    assert not wrong, f"installed versions differ from constraints.txt (pinned, installed): {wrong}"
+
+
+def test_ci_runs_make_test():
+    run = (ROOT / ".ci" / "run").read_text()
+    commands = [line.split("#", 1)[0].strip() for line in run.splitlines()]
+    assert any(re.match(r"^(exec\s+)?make\s+(\S+\s+)*test\b", c) for c in commands), (
+        ".ci/run must call `make test` (the one test command)")
+    makefile = (ROOT / "Makefile").read_text()
+    m = re.search(r"^test:([^\n]*)\n((?:\t[^\n]*\n)+)", makefile, flags=re.M)
+    assert m, "the Makefile has no `test` target"
+    assert "book" in m.group(1).split(), "`make test` must build the book first (browser test reads it)"
+    assert "chromium" in m.group(1).split(), "`make test` must install Chromium where missing (browser test)"
+    assert "pytest" in m.group(2), "`make test` must run pytest"
+
+
+@pytest.mark.parametrize("name", ["test_browser.py", "test_install.py"])
+def test_reader_tests_are_collected_by_make_test(name):
+    """The browser and plain-install tests are in pytest's testpaths, not deselected by default."""
+    opts = PYPROJECT["tool"]["pytest"]["ini_options"]
+    assert (ROOT / "tests" / name).is_file()
+    assert "tests" in opts["testpaths"]
+    assert not re.search(r"-m\s+['\"]?not\s+slow|--deselect|--ignore", opts.get("addopts", "")), (
+        f"pytest's default options deselect tests: {opts.get('addopts')}")
