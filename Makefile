@@ -46,5 +46,9 @@ chromium:
 model: $(STAMP)
 	$(PY) -m rl4lmt.zoo train
 
+## make exercises: regenerate exercises/ (student versions) from solutions/ with nbgrader; commit both.
+exercises: $(STAMP)
+	$(PY) -m rl4lmt.grading release
+
 clean-book:
 	rm -rf _build

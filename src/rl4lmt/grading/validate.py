@@ -1,0 +1,50 @@
+"""An honest ``validate``: run a notebook like the grader does and fail loudly when a test fails.
+
+``nbgrader validate`` prints failures but exits with status 0 (nbgrader issue #1961), so a script
+or a student's pre-submission check cannot rely on it. ``python -m rl4lmt.grading validate X.ipynb``
+runs nbgrader's own Validator and exits with status 1 when a test cell fails, a read-only cell
+was changed, or a cell changed type; it also flags a notebook whose grade cells were lost
+(the grader then matches them back by content, but the student should know).
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+__all__ = ["validate", "validate_and_report"]
+
+
+def validate(path: str | pathlib.Path, timeout: int = 120) -> dict:
+    """nbgrader's validation results for one notebook: lists under failed/changed/type_changed/passed."""
+    from nbgrader.validator import Validator
+    from traitlets.config import Config
+
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ValueError(f"path {str(path)!r} does not exist")
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        return {"unreadable": [{"source": f"{path} is not a valid notebook: {exc}"}]}
+    graded = [c for c in nb.get("cells", []) if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
+    cfg = Config()
+    cfg.Execute.timeout = timeout
+    results = Validator(config=cfg).validate(str(path))
+    if not graded:
+        results["no_grade_cells"] = [{"source": "no graded cells: the nbgrader metadata was lost (e.g. by "
+                                                "Colab or VS Code); re-download the exercise and copy your answers in"}]
+    return results
+
+
+def validate_and_report(path: str | pathlib.Path) -> bool:
+    """Print what failed; True when the notebook passes every visible test."""
+    results = validate(path)
+    bad = {k: v for k, v in results.items() if k in ("failed", "changed", "type_changed", "unreadable", "no_grade_cells") and v}
+    if not bad:
+        print(f"{path}: all visible tests passed ({len(results.get('passed', []))} cells)")
+        return True
+    for kind, items in bad.items():
+        for item in items:
+            text = item.get("error") or item.get("source", "")
+            print(f"{path}: {kind.replace('_', ' ')}:\n{text.strip()[:1500]}\n")
+    return False
