@@ -42,6 +42,7 @@ __all__ = [
     "TokenLogprobs",
     "encode_texts",
     "token_logprobs",
+    "sequence_logprob",
     "teacher_forcing_loss",
     "train_teacher_forcing",
     "causal_mask",
@@ -251,6 +252,19 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, add_eos: bool = Tr
     logp = shifted_logprobs(logits, input_ids)
     mask = attention_mask[:, 1:]  # a target is real iff its own token is (right padding)
     return TokenLogprobs(logp * mask, mask, input_ids[:, 1:])
+
+
+def sequence_logprob(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
+    """Exact log-probability under the model of each *complete* text, end-of-text included.
+
+    :math:`\log P_{LM}(x) = \sum_{t=1}^{T+1} \log P_{LM}(w_t \mid w_{<t})` with
+    :math:`w_{T+1}` = EOS: the same event space as ``TinyReviews.logprob`` (``len(text.split()) + 1``
+    prediction events per text, the BOS is given, not predicted). Returns a float tensor of shape
+    ``(len(texts),)`` on the CPU; no gradients (use :func:`token_logprobs` to train).
+    """
+    with torch.no_grad():
+        out = token_logprobs(model, tokenizer, texts, add_eos=True)
+    return out.logprobs.sum(-1).double().cpu()
 
 
 # ----------------------------------------------------------------------------------------------

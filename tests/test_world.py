@@ -1,0 +1,249 @@
+"""The TinyReviews world must keep its claims, checked by independent means.
+
+- the chain rule: logprob(text) == sum of log next-word probabilities (incl. the end event);
+- brute force: the forward algorithm's p(text) == the sum over every latent path, enumerated;
+- sampling: the machine's own random walks produce next-word frequencies that agree with
+  next_word_probs (chi-square test, fixed seed);
+- Monte Carlo: the average surprisal of samples agrees with the exact entropy rate;
+- Bayes: posteriors average to the prior over samples (law of total expectation);
+- the gold sentiment moves the right way on hand-written reviews.
+"""
+import math
+from collections import Counter
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rl4lmt.world import EOS, SENTIMENTS, TinyReviews, _arcs, _start_distribution
+
+W = TinyReviews(seed=0)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return W.sample(3000, seed=123)
+
+
+def test_vocabulary_and_lengths(samples):
+    assert W.vocab[0] == EOS
+    assert 150 <= len(W.vocab) <= 400, len(W.vocab)
+    assert len(set(W.vocab)) == len(W.vocab)
+    lengths = [len(t.split()) for t in samples]
+    assert min(lengths) >= 5 and max(lengths) <= 36, (min(lengths), max(lengths))
+    assert 8 <= np.mean(lengths) <= 16
+    for t in samples[:200]:
+        assert t == t.lower() and "  " not in t and t == t.strip()
+        assert all(w in W.word_to_id for w in t.split())
+
+
+def test_every_sample_is_grammatical_with_finite_logprob(samples):
+    for t in samples:
+        lp = W.logprob(t)
+        assert math.isfinite(lp) and lp < 0, (t, lp)
+        assert W.is_grammatical(t)
+
+
+def test_same_seed_same_samples():
+    assert TinyReviews(seed=3).sample(20) == TinyReviews(seed=3).sample(20)
+    assert W.sample(20, seed=9) == W.sample(20, seed=9)
+    assert W.sample(20, seed=9) != W.sample(20, seed=10)
+
+
+def test_next_word_probs_sum_to_one_for_many_prefixes(samples):
+    for t in samples[:150]:
+        words = t.split()
+        for cut in range(len(words) + 1):
+            dist = W.next_word_probs(" ".join(words[:cut]))
+            assert abs(sum(dist.values()) - 1.0) < 1e-9
+            assert all(p > 0 for p in dist.values())
+            assert words[cut] in dist if cut < len(words) else EOS in dist
+
+
+def test_logprob_is_the_chain_rule_of_next_word_probs(samples):
+    for t in samples[:100]:
+        words = t.split()
+        chain = sum(math.log(W.next_word_probs(" ".join(words[:i]))[w]) for i, w in enumerate(words))
+        chain += math.log(W.next_word_probs(t)[EOS])
+        assert W.logprob(t) == pytest.approx(chain, abs=1e-9)
+
+
+def _brute_force_prob(words):
+    """p(text, <eos>) by enumerating every latent path of the machine (no dynamic programming)."""
+    total = 0.0
+    stack = [(q, p, 0) for q, p in _start_distribution().items()]
+    while stack:
+        q, p, i = stack.pop()
+        for w, nxt, pa in _arcs(q):
+            if i == len(words):
+                if w == EOS:
+                    total += p * pa
+            elif w == words[i]:
+                stack.append((nxt, p * pa, i + 1))
+    return total
+
+
+@pytest.mark.parametrize("text", [
+    "i loved the acting .",
+    "the music was quite loud , but the plot was clever .",
+    "honestly , the plot was not very clever and the jokes were stale , but i loved the cast . a must see .",
+])
+def test_forward_algorithm_equals_brute_force_path_sum(text):
+    assert W.logprob(text) == pytest.approx(math.log(_brute_force_prob(text.split())), abs=1e-9)
+
+
+def test_forward_equals_brute_force_on_samples(samples):
+    for t in samples[:30]:
+        assert W.logprob(t) == pytest.approx(math.log(_brute_force_prob(t.split())), abs=1e-9)
+
+
+def test_sampled_next_word_frequencies_agree_with_next_word_probs(samples):
+    """Chi-square goodness of fit of the first, second and third words (fixed seeds)."""
+    texts = W.sample(10000, seed=7)
+    for prefix in ("", "the", "i"):
+        k = len(prefix.split())
+        follow = Counter()
+        for t in texts:
+            words = t.split() + [EOS]
+            if words[:k] == prefix.split():
+                follow[words[k]] += 1
+        n = sum(follow.values())
+        assert n > 500, (prefix, n)
+        probs = W.next_word_probs(prefix)
+        assert set(follow) <= set(probs)
+        # pool rare words so every expected count is >= 5
+        obs, exp, rest_o, rest_e = [], [], 0, 0.0
+        for w, p in probs.items():
+            if n * p >= 5:
+                obs.append(follow[w]); exp.append(n * p)
+            else:
+                rest_o += follow[w]; rest_e += n * p
+        if rest_e > 0:
+            obs.append(rest_o); exp.append(rest_e)
+        pvalue = stats.chisquare(obs, np.array(exp) * sum(obs) / sum(exp)).pvalue
+        assert pvalue > 1e-3, (prefix, pvalue)
+
+
+def test_monte_carlo_entropy_rate_agrees_with_exact():
+    texts = W.sample(8000, seed=11)
+    nll = np.array([-W.logprob(t) for t in texts])
+    events = np.array([W.num_events(t) for t in texts])
+    est = nll.sum() / events.sum()
+    # standard error of a ratio estimator (delta method)
+    resid = nll - est * events
+    se = resid.std(ddof=1) * math.sqrt(len(texts)) / events.sum()
+    exact = W.entropy_rate()
+    assert abs(est - exact) < 4 * se, (est, exact, se)
+    assert W.cross_entropy(texts) == pytest.approx(est)
+    assert events.mean() == pytest.approx(W.expected_length(), rel=0.03)
+
+
+def test_entropy_rate_is_a_floor_plausibility():
+    h = W.entropy_rate()
+    # a uniform model over the vocabulary is far worse; the world is far from deterministic
+    assert 0.5 < h < math.log(len(W.vocab))
+
+
+def test_posteriors_average_to_the_prior(samples):
+    """E_x[p(s | x)] = p(s): a check of Bayes' rule that does not use the forward code's output order."""
+    post = np.array([[W.sentiment_posterior(t)[v] for v in SENTIMENTS] for t in samples])
+    prior = np.array([0.3, 0.2, 0.2, 0.3])
+    se = post.std(0, ddof=1) / math.sqrt(len(samples))
+    assert np.all(np.abs(post.mean(0) - prior) < 4 * se + 1e-3), (post.mean(0), prior)
+    rewards = np.array([W.sentiment(t) for t in samples])
+    assert np.all(rewards >= -1) and np.all(rewards <= 1)
+    assert np.allclose(rewards, post @ np.array(SENTIMENTS))
+
+
+def test_sentiment_moves_the_right_way_under_negation_contrast_and_intensifiers():
+    s = W.sentiment
+    assert s("the acting was good .") > 0.3
+    assert s("the acting was not good .") < -0.3
+    assert s("the acting was bad .") < -0.3
+    assert s("the acting was not bad .") > 0.3
+    # contrast: the clause after ", but" carries the review
+    assert s("the acting was good , but the plot was awful .") < -0.5
+    assert s("the acting was awful , but the plot was good .") > 0.3
+    # intensifiers and strong words push towards the extremes
+    assert s("the acting was very good .") > s("the acting was good .")
+    assert s("the acting was brilliant .") > s("the acting was good .")
+    assert s("the acting was terrible .") < s("the acting was bad .")
+    assert s("i loved the acting . a must see .") == pytest.approx(1.0)
+
+
+def test_impossible_texts_and_bad_input():
+    for bad in ("", "the acting was", "acting the was good .", "the acting was great .",
+                "the acting was good", "the acting was good . <eos>"):
+        assert W.logprob(bad) == -math.inf, bad
+        assert not W.is_grammatical(bad)
+    assert W.sentiment("the acting was") == -1.0  # documented: no posterior -> worst reward
+    with pytest.raises(TypeError, match="text"):
+        W.logprob(None)
+    with pytest.raises(TypeError, match="text"):
+        W.logprob(["the", "acting"])
+    with pytest.raises(TypeError, match="prefix"):
+        W.next_word_probs(3)
+    with pytest.raises(ValueError, match="prefix"):
+        W.next_word_probs("acting the")
+    with pytest.raises(ValueError, match="n"):
+        W.sample(-1)
+    with pytest.raises(TypeError, match="seed"):
+        W.sample(2, seed="x")
+
+
+def test_next_word_vector_and_probs_to_dict():
+    vec = W.next_word_vector("the acting")
+    assert vec.shape == (len(W.vocab),) and vec.sum() == pytest.approx(1.0)
+    assert W.probs_to_dict(vec) == pytest.approx(W.next_word_probs("the acting"))
+
+
+def test_complete_samples_from_the_conditional(samples):
+    outs = W.complete("the acting was not", 200, seed=1)
+    assert all(t.startswith("the acting was not ") and W.is_grammatical(t) for t in outs)
+    # after "not" a negated clause follows: the adjective flips polarity
+    assert np.mean([W.sentiment(t) for t in W.complete("i loved the acting .", 300, seed=2)]) > 0.5
+
+
+def test_most_probable_reviews_are_exact_and_ordered(samples):
+    top = W.most_probable(5)
+    assert len(top) == 5
+    lps = [lp for _, lp in top]
+    assert lps == sorted(lps, reverse=True)
+    for text, lp in top:
+        assert W.logprob(text) == pytest.approx(lp, abs=1e-9)
+    assert max(W.logprob(t) for t in samples) <= lps[0] + 1e-12
+
+
+def test_instructions_are_followed_by_their_gold_responses():
+    pairs = W.instructions(200, seed=5)
+    assert len(pairs) == 200
+    scores = [W.instruction_score(i, r) for i, r in pairs]
+    assert np.mean(scores) > 0.8
+    for instruction, response in pairs[:50]:
+        words = instruction.split()
+        topic, request = words[-2], " ".join(words[2:-5])
+        assert W.is_grammatical(response)
+        # the response discusses the topic first
+        assert topic in response.split()[: response.split().index(topic) + 1]
+        flipped = request.replace("negative", "X").replace("positive", "negative").replace("X", "positive")
+        assert W.instruction_score(W.make_instruction(flipped, topic), response) < 0.5
+    other = "write a positive review about the music :"
+    assert W.instruction_score(other, "i loved the acting .") == 0.0
+    with pytest.raises(ValueError, match="instruction"):
+        W.instruction_score("write something", "i loved the acting .")
+
+
+def test_preferences_follow_bradley_terry_noise_and_length_bias():
+    clean = W.preferences(300, seed=1, noise=0.0, beta=50.0)
+    assert set(clean[0]) == {"prompt", "chosen", "rejected"}
+    gold = lambda d, key: W.sentiment(d["prompt"] + d[key])  # noqa: E731
+    agree = np.mean([gold(d, "chosen") >= gold(d, "rejected") for d in clean])
+    assert agree > 0.95
+    noisy = W.preferences(300, seed=1, noise=0.5, beta=50.0)
+    assert 0.35 < np.mean([gold(d, "chosen") >= gold(d, "rejected") for d in noisy]) < 0.65
+    long = W.preferences(300, seed=2, noise=0.0, length_bias=1.0, beta=5.0)
+    assert np.mean([len(d["chosen"].split()) >= len(d["rejected"].split()) for d in long]) > 0.9
+    for d in clean[:20]:
+        assert W.is_grammatical(d["prompt"] + d["chosen"]) and W.is_grammatical(d["prompt"] + d["rejected"])
+    with pytest.raises(ValueError, match="noise"):
+        W.preferences(2, noise=0.9)
