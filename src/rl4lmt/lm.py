@@ -255,7 +255,7 @@ def token_logprobs(model, tokenizer, texts: Sequence[str], *, add_eos: bool = Tr
 
 
 def sequence_logprob(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
-    """Exact log-probability under the model of each *complete* text, end-of-text included.
+    r"""Exact log-probability under the model of each *complete* text, end-of-text included.
 
     :math:`\log P_{LM}(x) = \sum_{t=1}^{T+1} \log P_{LM}(w_t \mid w_{<t})` with
     :math:`w_{T+1}` = EOS: the same event space as ``TinyReviews.logprob`` (``len(text.split()) + 1``

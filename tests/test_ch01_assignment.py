@@ -1,0 +1,122 @@
+"""The ch01-lm-basics tests grade behaviour: plausible mistakes fail, other correct solutions pass.
+
+Each case swaps the body of one solution in the master notebook for another implementation,
+runs the task's test cell (visible and hidden tests), and checks the verdict. The generic
+pipeline checks (solution full marks, release scores nothing, no leaks) live in
+tests/test_grading.py; this file is about *which* mistakes the hidden tests catch.
+"""
+import contextlib
+import io
+import re
+
+import nbformat
+import pytest
+
+SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
+
+# task -> the solution cells it needs before its own (task 6 builds on tasks 4 and 5)
+NEEDS = {"causal_self_attention": ["causal_mask", "attention"]}
+
+WRONG = {  # task -> {mistake: body}; each must fail the task's tests
+    "surprisal": {
+        "natural log": "return -np.log(p)",
+        "floats only (math.log2)": "return -math.log2(p)",
+    },
+    "perplexity": {
+        "padding counted": "return float(torch.exp(-logp.mean()))",
+        "mean of per-text means": "m = mask.to(logp.dtype)\n    return float(torch.exp((-(logp * m).sum(1) / m.sum(1)).mean()))",
+        "base 2 with natural logs": "m = mask.to(logp.dtype)\n    return float(2 ** (-(logp * m).sum() / m.sum()))",
+        "divided by all entries": "m = mask.to(logp.dtype)\n    return float(torch.exp(-(logp * m).sum() / m.numel()))",
+    },
+    "next_token_logprobs": {
+        "no shift": "return torch.log_softmax(logits, -1)[:, :-1].gather(-1, input_ids[:, :-1, None]).squeeze(-1)",
+        "shift the wrong way": "return torch.log_softmax(logits[:, 1:], -1).gather(-1, input_ids[:, :-1, None]).squeeze(-1)",
+        "softmax, not log-softmax": "return torch.softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)",
+        "batch 1 only": "lp = torch.log_softmax(logits[0, :-1], -1)\n    return lp[torch.arange(lp.shape[0]), input_ids[0, 1:]][None]",
+    },
+    "causal_mask": {
+        "upper triangle": "return torch.ones(n, n, dtype=torch.bool).triu()",
+        "diagonal left out": "return torch.ones(n, n, dtype=torch.bool).tril(-1)",
+        "float 0/1 mask": "return torch.ones(n, n).tril()",
+    },
+    "attention": {
+        "no 1/sqrt(d)": "s = q @ k.transpose(-2, -1)\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
+        "1/d instead of 1/sqrt(d)": "s = q @ k.transpose(-2, -1) / q.shape[-1]\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
+        "sqrt of the value dim": "s = q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
+        "softmax over queries": "s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-2) @ v",
+        "mask inverted": "s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
+        "mask applied after the softmax": "w = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)\n    if attn_mask is not None: w = w * attn_mask\n    return w @ v",
+        "transpose(1, 2) (4-D batch-first only)": "s = q @ k.transpose(1, 2) / math.sqrt(q.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
+    },
+    "causal_self_attention": {
+        "padding hides queries, not keys": "mask = causal_mask(q.shape[-2])\n    if attention_mask is not None: mask = mask & attention_mask.bool()[:, None, :, None]\n    return attention(q, k, v, mask)",
+        "padding mask ignored": "return attention(q, k, v, causal_mask(q.shape[-2]))",
+        "padding mask replaces the causal one": "mask = causal_mask(q.shape[-2])\n    if attention_mask is not None: mask = attention_mask.bool()[:, None, None, :]\n    return attention(q, k, v, mask)",
+        "first text's mask for the batch": "mask = causal_mask(q.shape[-2])\n    if attention_mask is not None: mask = mask & attention_mask[0].bool()\n    return attention(q, k, v, mask)",
+    },
+    "sinusoidal_positions": {
+        "sines and cosines in two halves": "t = torch.arange(n_positions)[:, None].float(); w = 10000 ** (-torch.arange(0, dim, 2).float() / dim)\n    return torch.cat([torch.sin(t * w), torch.cos(t * w)], -1)",
+        "exponent k/d instead of 2k/d": "t = torch.arange(n_positions)[:, None].float(); w = 10000 ** (-torch.arange(dim // 2).float() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.sin(t * w); pe[:, 1::2] = torch.cos(t * w); return pe",
+        "sine and cosine swapped": "t = torch.arange(n_positions)[:, None].float(); w = 10000 ** (-torch.arange(0, dim, 2).float() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.cos(t * w); pe[:, 1::2] = torch.sin(t * w); return pe",
+        "positions counted from 1": "t = torch.arange(1, n_positions + 1)[:, None].float(); w = 10000 ** (-torch.arange(0, dim, 2).float() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.sin(t * w); pe[:, 1::2] = torch.cos(t * w); return pe",
+    },
+}
+
+RIGHT = {  # task -> {another correct way: body}; each must pass
+    "surprisal": {"loop": "return np.array([-math.log2(x) if x > 0 else math.inf for x in np.ravel(p)]).reshape(np.shape(p)) if np.ndim(p) else (-math.log2(p) if p > 0 else math.inf)"},
+    "perplexity": {"double loop": "tot, n = 0.0, 0\n    for b in range(logp.shape[0]):\n        for t in range(logp.shape[1]):\n            if mask[b, t]:\n                tot -= float(logp[b, t]); n += 1\n    return math.exp(tot / n)"},
+    "next_token_logprobs": {"loop over positions": "B, T = input_ids.shape\n    out = torch.zeros(B, T - 1)\n    for b in range(B):\n        for t in range(T - 1):\n            out[b, t] = logits[b, t].log_softmax(-1)[input_ids[b, t + 1]]\n    return out"},
+    "causal_mask": {"list comprehension": "return torch.tensor([[j <= i for j in range(n)] for i in range(n)], dtype=torch.bool)"},
+    "attention": {
+        "additive -1e9 instead of -inf": "s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    if attn_mask is not None: s = s + (~attn_mask) * -1e9\n    return s.softmax(-1) @ v",
+        "hand-written stable softmax": "s = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5\n    if attn_mask is not None: s = torch.where(attn_mask, s, torch.tensor(float('-inf')))\n    e = torch.exp(s - s.amax(-1, keepdim=True))\n    return (e / e.sum(-1, keepdim=True)) @ v",
+    },
+    "causal_self_attention": {"loop over the batch": "outs = []\n    for b in range(q.shape[0]):\n        m = causal_mask(q.shape[-2])\n        if attention_mask is not None: m = m & attention_mask[b].bool()[None, :]\n        outs.append(attention(q[b], k[b], v[b], m))\n    return torch.stack(outs)"},
+    "sinusoidal_positions": {"vectorised, exp-log frequencies": "t = torch.arange(n_positions)[:, None].double(); w = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2).double() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.sin(t * w); pe[:, 1::2] = torch.cos(t * w); return pe"},
+}
+
+
+@pytest.fixture(scope="module")
+def cells(root):
+    nb = nbformat.read(root / "solutions" / "ch01-lm-basics" / "ch01-lm-basics.ipynb", as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
+            if c.cell_type == "code" and "nbgrader" in c.metadata}
+
+
+@pytest.fixture(scope="module")
+def base(cells):
+    ns: dict = {}
+    exec(compile(cells["imports"], "imports", "exec"), ns)
+    return ns
+
+
+def _verdict(cells, base, task, body):
+    """Run the task (with `body` as its solution) and its test cell; None if it passes, else the error."""
+    ns = dict(base)
+    for gid in NEEDS.get(task, []) + [task]:
+        src = cells[gid]
+        if gid == task and body is not None:
+            src = SOL.sub(lambda m: m.group(1) + "    " + body + m.group(3), src)
+        exec(compile(src, gid, "exec"), ns)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), ns)
+    except Exception as err:  # an assertion or a crash inside the student's function
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@pytest.mark.parametrize("task", list(WRONG))
+def test_master_solution_passes(cells, base, task):
+    assert _verdict(cells, base, task, None) is None
+
+
+@pytest.mark.parametrize("task, mistake", [(t, m) for t, ms in WRONG.items() for m in ms])
+def test_plausible_mistake_fails(cells, base, task, mistake):
+    assert _verdict(cells, base, task, WRONG[task][mistake]) is not None, f"{task}: '{mistake}' got full marks"
+
+
+@pytest.mark.parametrize("task, way", [(t, w) for t, ws in RIGHT.items() for w in ws])
+def test_other_correct_solution_passes(cells, base, task, way):
+    err = _verdict(cells, base, task, RIGHT[task][way])
+    assert err is None, f"{task}: correct '{way}' was marked wrong: {err}"
