@@ -441,13 +441,14 @@ def test_sequence_kl_and_exact_token_kl(world_lm):
     assert torch.all(exact >= -1e-6)
 
 
-@pytest.mark.parametrize("kl_coef", [0.0, 0.5])
-def test_reinforce_lm_step_matches_exact_gradient(kl_coef):
+@pytest.mark.parametrize("reward_scale, kl_coef", [(1.0, 0.0), (0.0, 1.0)])
+def test_reinforce_lm_step_matches_exact_gradient(reward_scale, kl_coef):
     """A 2-word vocabulary (+ <pad>, <unk>) and at most 2 new tokens: 21 sequences, J enumerated exactly.
 
     J(theta) = sum_y pi(y) [R(y) - beta log(pi(y) / pi_ref(y))]; the step's gradient (averaged over
     a batch of 30000 rollouts) must match -dJ/dtheta to a relative L2 error below 0.08 (the
-    estimate's own noise is about 0.02 here); the wrong sign or a missing KL term is far off.
+    estimate's own noise is about 0.02 here). The second case has no reward, so its whole
+    gradient is the KL penalty's: a missing or sign-flipped KL term gives an error of 1 or 2.
     """
     tok = _word_tokenizer(["a", "b"])
     V = len(tok)  # <eos>, a, b, <pad>, <unk>: a random model can emit every one of them
@@ -455,7 +456,7 @@ def test_reinforce_lm_step_matches_exact_gradient(kl_coef):
     ref = _tiny_gpt2(V, seed=4, n_embd=8)
 
     def reward_fn(texts):  # any reward of the text; truncated texts are scored like the others
-        return [t.count("a") - 0.5 * t.count("b") - 2.0 * t.count("<") + (1.0 if t == "" else 0.0) for t in texts]
+        return [reward_scale * (t.count("a") - 0.5 * t.count("b") - 2.0 * t.count("<") + (t == "")) for t in texts]
 
     # enumerate: y = EOS, or x EOS, or x y (cut off after 2 tokens), for non-EOS tokens x, y
     words = tok.convert_ids_to_tokens(list(range(V)))
