@@ -1,13 +1,15 @@
 """The ch01-lm-basics tests grade behaviour: plausible mistakes fail, other correct solutions pass.
 
 Each case swaps the body of one solution in the master notebook for another implementation,
-runs the task's test cell (visible and hidden tests), and checks the verdict. The generic
+runs the task's test cell (visible and hidden tests), and checks the verdict. Like nbgrader,
+which gives a test cell no points when it writes to stderr, a warning counts as a failure. The generic
 pipeline checks (solution full marks, release scores nothing, no leaks) live in
 tests/test_grading.py; this file is about *which* mistakes the hidden tests catch.
 """
 import contextlib
 import io
 import re
+import warnings
 
 import nbformat
 import pytest
@@ -63,7 +65,7 @@ WRONG = {  # task -> {mistake: body}; each must fail the task's tests
 }
 
 RIGHT = {  # task -> {another correct way: body}; each must pass
-    "surprisal": {"loop": "return np.array([-math.log2(x) if x > 0 else math.inf for x in np.ravel(p)]).reshape(np.shape(p)) if np.ndim(p) else (-math.log2(p) if p > 0 else math.inf)"},
+    "surprisal": {"np.log2": "return -np.log2(p)", "loop": "return np.array([-math.log2(x) if x > 0 else math.inf for x in np.ravel(p)]).reshape(np.shape(p)) if np.ndim(p) else (-math.log2(p) if p > 0 else math.inf)"},
     "perplexity": {"double loop": "tot, n = 0.0, 0\n    for b in range(logp.shape[0]):\n        for t in range(logp.shape[1]):\n            if mask[b, t]:\n                tot -= float(logp[b, t]); n += 1\n    return math.exp(tot / n)"},
     "next_token_logprobs": {"loop over positions": "B, T = input_ids.shape\n    out = torch.zeros(B, T - 1)\n    for b in range(B):\n        for t in range(T - 1):\n            out[b, t] = logits[b, t].log_softmax(-1)[input_ids[b, t + 1]]\n    return out"},
     "causal_mask": {"list comprehension": "return torch.tensor([[j <= i for j in range(n)] for i in range(n)], dtype=torch.bool)"},
@@ -90,7 +92,7 @@ def base(cells):
     return ns
 
 
-def _verdict(cells, base, task, body):
+def _verdict(cells, base, task, body, capfd):
     """Run the task (with `body` as its solution) and its test cell; None if it passes, else the error."""
     ns = dict(base)
     for gid in NEEDS.get(task, []) + [task]:
@@ -98,25 +100,30 @@ def _verdict(cells, base, task, body):
         if gid == task and body is not None:
             src = SOL.sub(lambda m: m.group(1) + "    " + body + m.group(3), src)
         exec(compile(src, gid, "exec"), ns)
+    capfd.readouterr()
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), ns)
     except Exception as err:  # an assertion or a crash inside the student's function
         return f"{type(err).__name__}: {err}"
+    stderr = capfd.readouterr().err  # e.g. transformers' logging warnings
+    if caught or stderr:
+        return f"output on stderr (nbgrader: no points): {[str(w.message) for w in caught]} {stderr}"
     return None
 
 
 @pytest.mark.parametrize("task", list(WRONG))
-def test_master_solution_passes(cells, base, task):
-    assert _verdict(cells, base, task, None) is None
+def test_master_solution_passes(cells, base, task, capfd):
+    assert _verdict(cells, base, task, None, capfd) is None
 
 
 @pytest.mark.parametrize("task, mistake", [(t, m) for t, ms in WRONG.items() for m in ms])
-def test_plausible_mistake_fails(cells, base, task, mistake):
-    assert _verdict(cells, base, task, WRONG[task][mistake]) is not None, f"{task}: '{mistake}' got full marks"
+def test_plausible_mistake_fails(cells, base, task, mistake, capfd):
+    assert _verdict(cells, base, task, WRONG[task][mistake], capfd) is not None, f"{task}: '{mistake}' got full marks"
 
 
 @pytest.mark.parametrize("task, way", [(t, w) for t, ws in RIGHT.items() for w in ws])
-def test_other_correct_solution_passes(cells, base, task, way):
-    err = _verdict(cells, base, task, RIGHT[task][way])
+def test_other_correct_solution_passes(cells, base, task, way, capfd):
+    err = _verdict(cells, base, task, RIGHT[task][way], capfd)
     assert err is None, f"{task}: correct '{way}' was marked wrong: {err}"
