@@ -273,6 +273,7 @@ def test_mathjax_ships_with_the_book(site):
     script = HTML / "_static" / "mathjax" / "tex-chtml.js"
     assert script.is_file(), f"{script} missing: is sphinx-mathjax-offline in sphinx.extra_extensions?"
     for page in toc_pages():
+        assert (HTML / f"{page}.html").is_file(), f"{page} is in _toc.yml but was not built"
         text = (HTML / f"{page}.html").read_text(encoding="utf-8")
         srcs = re.findall(r"<script[^>]*src=\"([^\"]*mathjax[^\"]*)\"", text, flags=re.I)
         for src in srcs:
