@@ -355,27 +355,27 @@ def collect_episodes(envs: Sequence, policy: MLPPolicy, seeds: Sequence[int | No
     if len(seeds) != len(envs):
         raise ValueError(f"seeds must have one entry per env ({len(envs)}), got {len(seeds)}")
     obs = [np.asarray(env.reset(seed=s)[0], dtype=np.float32) for env, s in zip(envs, seeds)]
-    traj = [([], [], []) for _ in envs]  # per env: observations, actions, rewards
+    traj = [([], [], []) for _ in envs]  # per env: observations, actions, rewards (plain Python: cheap appends)
     ended: list = [None] * len(envs)  # per env: (terminated, last_obs) once it is over
     live = list(range(len(envs)))
     while live:
-        o = torch.as_tensor(np.stack([obs[i] for i in live]))  # (n_live, obs_dim)
-        probs = torch.softmax(policy(o), dim=-1)
-        actions = torch.multinomial(probs, 1).squeeze(1)  # A_t ~ pi(. | S_t), one per live env
+        o = np.stack([obs[i] for i in live])  # (n_live, obs_dim)
+        probs = torch.softmax(policy(torch.from_numpy(o)), dim=-1)
+        actions = torch.multinomial(probs, 1).squeeze(1).tolist()  # A_t ~ pi(. | S_t), one per live env
         still = []
         for k, i in enumerate(live):
-            next_obs, r, terminated, truncated, _ = envs[i].step(int(actions[k]))
-            traj[i][0].append(o[k])
+            next_obs, r, terminated, truncated, _ = envs[i].step(actions[k])
+            traj[i][0].append(obs[i])
             traj[i][1].append(actions[k])
             traj[i][2].append(float(r))
             obs[i] = np.asarray(next_obs, dtype=np.float32)
             if terminated or truncated:
-                ended[i] = (bool(terminated), torch.as_tensor(obs[i]))
+                ended[i] = (bool(terminated), torch.from_numpy(obs[i]))
             else:
                 still.append(i)
         live = still
     return [
-        Episode(torch.stack(o_), torch.stack(a_), torch.tensor(r_), term, last)
+        Episode(torch.from_numpy(np.stack(o_)), torch.tensor(a_), torch.tensor(r_), term, last)
         for (o_, a_, r_), (term, last) in zip(traj, ended)
     ]
 
@@ -389,6 +389,7 @@ def train_reinforce(
     gamma: float = 0.99,
     lr: float = 1e-2,
     value_lr: float = 1e-2,
+    value_steps: int = 5,
     hidden: int = 32,
     seed: int = 0,
     max_episode_steps: int | None = None,
@@ -405,8 +406,10 @@ def train_reinforce(
       one-step TD target (Sutton & Barto 13.5, batched over whole episodes).
 
     Each iteration collects ``episodes_per_iteration`` episodes with the current policy, then
-    takes one Adam step on :func:`reinforce_loss` (and one on :func:`value_loss`). The env is
-    seeded once per run (``seed``), so the same arguments give the same curve.
+    takes one Adam step on :func:`reinforce_loss`, then ``value_steps`` Adam steps of the critic on
+    :func:`value_loss` toward targets fixed before the update (Spinning Up's VPG fits its value
+    function with several steps per batch, too). Each env is seeded at its first reset from
+    ``seed``, so the same arguments give the same curve.
 
     Returns:
         float array ``(iterations * episodes_per_iteration,)``: undiscounted return per episode.
@@ -420,6 +423,7 @@ def train_reinforce(
         raise ValueError(f"method must be 'reinforce', 'baseline' or 'actor_critic', got {method!r}")
     _check_positive_int("iterations", iterations)
     _check_positive_int("episodes_per_iteration", episodes_per_iteration)
+    _check_positive_int("value_steps", value_steps)
     gamma = _check_gamma(gamma)
     set_seed(seed)
     kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
@@ -467,10 +471,12 @@ def train_reinforce(
         loss_pi.backward()
         opt_pi.step()
         if method != "reinforce":
-            loss_v = value_loss(values, targets, mask=mask)
-            opt_v.zero_grad(set_to_none=True)
-            loss_v.backward()
-            opt_v.step()
+            targets = targets.detach()  # fixed regression targets for all critic steps
+            for k in range(value_steps):
+                loss_v = value_loss(values if k == 0 else critic(obs), targets, mask=mask)
+                opt_v.zero_grad(set_to_none=True)
+                loss_v.backward()
+                opt_v.step()
     for env in envs:
         env.close()
     return np.asarray(history)

@@ -1,0 +1,144 @@
+"""The ch04-policy-gradients tests grade behaviour: plausible mistakes fail, other correct solutions pass.
+
+Each case swaps the body of one solution in the master notebook for another implementation, runs
+the task's test cell (visible and hidden tests), and checks the verdict. The generic pipeline
+checks (solution full marks, release scores nothing, no leaks) live in tests/test_grading.py; this
+file is about *which* mistakes the hidden tests catch (the brief's list: forgetting to reverse the
+return accumulation, a baseline that leaks gradient, a sign error, a missing stop-gradient on the
+advantage).
+"""
+import contextlib
+import io
+import re
+import warnings
+
+import nbformat
+import pytest
+
+SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
+
+WRONG = {  # task -> {mistake: body}; each must fail the task's tests
+    "returns_to_go": {
+        "accumulated forwards (not reversed)":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    out = torch.zeros_like(rewards); run = torch.zeros_like(rewards[..., 0])\n"
+            "    for t in range(rewards.shape[-1]):\n        run = rewards[..., t] + gamma * run\n        out[..., t] = run\n    return out",
+        "reversed twice (returns-to-go listed backwards)":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    out = []; run = torch.zeros_like(rewards[..., 0])\n"
+            "    for t in reversed(range(rewards.shape[-1])):\n        run = rewards[..., t] + gamma * run\n        out.append(run)\n    return torch.stack(out, -1)",
+        "whole return G_0 at every step":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    T = rewards.shape[-1]\n"
+            "    g0 = (rewards * gamma ** torch.arange(T, dtype=torch.float32)).sum(-1, keepdim=True)\n    return g0.expand_as(rewards).clone()",
+        "own reward discounted too (G_t = gamma (r_t + G_{t+1}))":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    out = torch.zeros_like(rewards); run = torch.zeros_like(rewards[..., 0])\n"
+            "    for t in reversed(range(rewards.shape[-1])):\n        run = gamma * (rewards[..., t] + run)\n        out[..., t] = run\n    return out",
+        "1-D only (loops over rewards[t], not rewards[..., t])":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    out = torch.zeros_like(rewards); run = 0.0\n"
+            "    for t in reversed(range(len(rewards))):\n        run = rewards[t] + gamma * run\n        out[t] = run\n    return out",
+    },
+    "reinforce_loss_with_baseline": {
+        "sign error (ascends the loss)": "return ((logprobs * (returns - baseline).detach() * mask).sum(-1).mean())",
+        "baseline leaks gradient": "return -(logprobs * (returns.detach() - baseline) * mask).sum(-1).mean()",
+        "no stop-gradient at all": "return -(logprobs * (returns - baseline) * mask).sum(-1).mean()",
+        "mask ignored": "return -(logprobs * (returns - baseline).detach()).sum(-1).mean()",
+        "baseline ignored": "return -(logprobs * returns.detach() * mask).sum(-1).mean()",
+        "mean over all steps (not sum over time)": "return -(logprobs * (returns - baseline).detach() * mask).mean()",
+        "baseline added": "return -(logprobs * (returns + baseline).detach() * mask).sum(-1).mean()",
+    },
+    "reinforce_lm_loss": {
+        "no stop-gradient on the KL in the advantage":
+            "seq = (logprobs * response_mask).sum(-1)\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1)\n"
+            "    G = rewards - kl_coef * kl\n    A = G - (G.sum() - G) / (G.shape[0] - 1)\n    return -(A * seq).mean()",
+        "KL sign flipped":
+            "seq = (logprobs * response_mask).sum(-1)\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1).detach()\n"
+            "    G = rewards + kl_coef * kl\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return -(A * seq).mean()",
+        "loss sign flipped":
+            "seq = (logprobs * response_mask).sum(-1)\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1).detach()\n"
+            "    G = rewards - kl_coef * kl\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return (A * seq).mean()",
+        "batch-mean baseline (not leave-one-out)":
+            "seq = (logprobs * response_mask).sum(-1)\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1).detach()\n"
+            "    G = rewards - kl_coef * kl\n    A = (G - G.mean()).detach()\n    return -(A * seq).mean()",
+        "no baseline":
+            "seq = (logprobs * response_mask).sum(-1)\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1).detach()\n"
+            "    G = rewards - kl_coef * kl\n    return -(G * seq).mean()",
+        "padding counted":
+            "seq = logprobs.sum(-1)\n    kl = (logprobs - ref_logprobs).sum(-1).detach()\n"
+            "    G = rewards - kl_coef * kl\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return -(A * seq).mean()",
+        "per-token mean instead of sum (length-normalised)":
+            "n = response_mask.sum(-1)\n    seq = (logprobs * response_mask).sum(-1) / n\n    kl = ((logprobs - ref_logprobs) * response_mask).sum(-1).detach()\n"
+            "    G = rewards - kl_coef * kl\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return -(A * seq).mean()",
+        "KL never subtracted":
+            "seq = (logprobs * response_mask).sum(-1)\n    G = rewards\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return -(A * seq).mean()",
+    },
+}
+
+RIGHT = {  # task -> {another correct way: body}; each must pass
+    "returns_to_go": {
+        "discount matrix": "r = torch.as_tensor(rewards, dtype=torch.float32)\n    T = r.shape[-1]\n    k = torch.arange(T)\n"
+                           "    D = torch.where(k[None, :] >= k[:, None], float(gamma) ** (k[None, :] - k[:, None]).clamp(min=0).float(), torch.zeros(()))\n"
+                           "    return r @ D.T",
+        "python lists, row by row": "r = torch.as_tensor(rewards, dtype=torch.float32)\n    flat = r.reshape(-1, r.shape[-1]).tolist()\n    out = []\n"
+                                    "    for row in flat:\n        g, acc = 0.0, []\n        for x in row[::-1]:\n            g = x + gamma * g\n            acc.append(g)\n        out.append(acc[::-1])\n"
+                                    "    return torch.tensor(out).reshape(r.shape)",
+    },
+    "reinforce_loss_with_baseline": {
+        "double loop": "m, T = logprobs.shape\n    total = 0.0\n    for i in range(m):\n        for t in range(T):\n"
+                       "            if mask[i, t]:\n                total = total - logprobs[i, t] * (returns[i, t] - baseline[i, t]).item()\n    return total / m",
+        "with torch.no_grad weights": "with torch.no_grad():\n        w = returns - baseline\n    return -torch.einsum('it,it,it->', logprobs, w, mask) / logprobs.shape[0]",
+    },
+    "reinforce_lm_loss": {
+        "package pieces": "kl = pg.sequence_kl(logprobs.detach(), ref_logprobs, response_mask)\n    G = rewards - kl_coef * kl\n"
+                          "    return pg.reinforce_loss(logprobs, G[:, None], pg.leave_one_out_baseline(G)[:, None], mask=response_mask)",
+        "explicit loop over the batch": "B = logprobs.shape[0]\n    with torch.no_grad():\n"
+                                        "        G = torch.stack([rewards[i] - kl_coef * ((logprobs[i] - ref_logprobs[i]) * response_mask[i]).sum() for i in range(B)])\n"
+                                        "    loss = 0.0\n    for i in range(B):\n        b = (G.sum() - G[i]) / (B - 1)\n"
+                                        "        loss = loss - (G[i] - b) * (logprobs[i] * response_mask[i]).sum()\n    return loss / B",
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def cells(root):
+    nb = nbformat.read(root / "solutions" / "ch04-policy-gradients" / "ch04-policy-gradients.ipynb", as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
+            if c.cell_type == "code" and "nbgrader" in c.metadata}
+
+
+@pytest.fixture(scope="module")
+def base(cells):
+    ns: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(compile(cells["setup"], "setup", "exec"), ns)
+        exec(compile(cells["imports"], "imports", "exec"), ns)
+    return ns
+
+
+def _verdict(cells, base, task, body):
+    """Run the task (with `body` as its solution) and its test cell; None if it passes, else the error."""
+    ns = dict(base)
+    src = cells[task]
+    if body is not None:
+        src = SOL.sub(lambda m: m.group(1) + "    " + body + m.group(3), src)
+    exec(compile(src, task, "exec"), ns)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("error")  # nbgrader zeroes a graded cell that writes to stderr
+            exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), ns)
+    except Exception as err:  # an assertion or a crash inside the student's function
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+@pytest.mark.parametrize("task", list(WRONG))
+def test_master_solution_passes(cells, base, task):
+    assert _verdict(cells, base, task, None) is None
+
+
+@pytest.mark.parametrize("task, mistake", [(t, m) for t, ms in WRONG.items() for m in ms])
+def test_plausible_mistake_fails(cells, base, task, mistake):
+    assert _verdict(cells, base, task, WRONG[task][mistake]) is not None, f"{task}: '{mistake}' got full marks"
+
+
+@pytest.mark.parametrize("task, way", [(t, w) for t, ws in RIGHT.items() for w in ws])
+def test_other_correct_solution_passes(cells, base, task, way):
+    err = _verdict(cells, base, task, RIGHT[task][way])
+    assert err is None, f"{task}: correct '{way}' was marked wrong: {err}"
