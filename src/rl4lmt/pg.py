@@ -767,7 +767,8 @@ def train_reinforce_lm(
 ) -> list[dict]:
     """Run :func:`reinforce_lm_step` ``steps`` times with Adam; return the stats of every step.
 
-    ``policy`` is trained in place (pass a copy to keep the original); ``ref`` stays frozen.
+    ``policy`` is trained in place (pass a copy to keep the original); ``ref`` is only ever run
+    under ``torch.no_grad()``, so it stays frozen (and may be the original model).
     Seeded by ``seed`` (sampling uses torch's global RNG).
 
     Taught in chapter 4, "REINFORCE on the tiny language model".
@@ -778,9 +779,7 @@ def train_reinforce_lm(
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     set_seed(seed)
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    ref.eval()
+    ref.eval()  # scored under torch.no_grad() in every step: it never changes
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     history = []
     bar = tqdm(range(steps), disable=not progress, desc=f"REINFORCE beta={kl_coef}", mininterval=1.0)
