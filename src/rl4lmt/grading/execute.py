@@ -118,6 +118,8 @@ class HardenedExecute(Execute):
                     incidents.append({"cell": index, "what": "CellTimeoutError", "why": "interrupted at the time limit"})
                 done.append(index)
         self.set_widgets_metadata()
+        # for the instructor's report: kept in the autograded notebook (plain JSON metadata)
+        self.nb.metadata.setdefault("rl4lmt", {})["incidents"] = incidents
         return self.nb, self.resources
 
     def _alive(self) -> bool:

@@ -145,7 +145,7 @@ def repair_notebook(nb: NotebookNode, ref: NotebookNode) -> tuple[NotebookNode, 
                 break
     # 3. solution cells: the names they define (the released stub keeps its def/class lines)
     for r, ref_cell in enumerate(refs):
-        if _kind(ref_cell) != "solution" or r in claims:
+        if _kind(ref_cell) != "solution":  # even if an untouched stub copy already claimed it
             continue
         names = set(_DEF.findall(ref_cell.source))
         if not names:
@@ -166,25 +166,27 @@ def repair_notebook(nb: NotebookNode, ref: NotebookNode) -> tuple[NotebookNode, 
                 best, best_s = score, s
         if best_s is not None and best >= 80:
             claim(best_s, r, f"similar content ({best:.0f}%)")
-    # 5. position: an unmatched graded/solution cell takes an unmatched cell between its neighbours
-    order = sorted(owner)  # submitted indices already placed
-
-    def neighbours(r: int) -> tuple[int, int]:
-        before = [s for s in order if owner[s] < r]
-        after = [s for s in order if owner[s] > r]
-        lo = max(before) if before else -1
-        hi = min(after) if after else len(sub)
-        return lo, hi
+    # 5. position: an unmatched graded/solution cell takes an unmatched cell next to its neighbours
+    def free_near(r: int, cell_type: str) -> int | None:
+        prev = [(rr, s) for s, rr in owner.items() if rr < r]
+        nxt = [(rr, s) for s, rr in owner.items() if rr > r]
+        p = max(prev)[1] if prev else -1  # where the released cell before it ended up
+        q = min(nxt)[1] if nxt else len(sub)  # ... and the one after it
+        ok = lambda s: s not in owner and sub[s].source.strip()  # noqa: E731
+        between = [s for s in range(p + 1, q) if ok(s)] if p < q else []
+        near = [s for s in range(len(sub)) if ok(s) and min(abs(s - p), abs(s - q)) <= 2]
+        for group in (between, near):  # in order first; else beside a neighbour (cells were moved)
+            group.sort(key=lambda s: (sub[s].cell_type != cell_type, min(abs(s - p), abs(s - q))))
+            if group:
+                return group[0]
+        return None
 
     for r, ref_cell in enumerate(refs):
         if r in claims or _kind(ref_cell) not in ("solution", "answer"):
             continue
-        lo, hi = neighbours(r)
-        free = [s for s in range(lo + 1, hi) if s not in owner and sub[s].source.strip()]
-        free.sort(key=lambda s: sub[s].cell_type != ref_cell.cell_type)  # same type first
-        if free:
-            claim(free[0], r, "position")
-            order = sorted(owner)
+        s = free_near(r, ref_cell.cell_type)
+        if s is not None:
+            claim(s, r, "position")
 
     # duplicates: instructor cells once; solution copies -> the last edited one is graded
     chosen: dict[int, int] = {}

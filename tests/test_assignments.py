@@ -1,0 +1,131 @@
+"""Generic checks for EVERY assignment in solutions/: honest tests, an up-to-date release, no leaks.
+
+For each master: it follows the conventions (rl4lmt.grading docstring); its first cell is the
+generated setup cell; nbgrader's release of it equals the committed ``exercises/``; the solution
+gets full autograded marks and every test cell fails on the untouched release (so no test is
+vacuous); no solution line or hidden-test line appears in ``exercises/`` or in the built book.
+"""
+from __future__ import annotations
+
+import html
+import json
+import pathlib
+import re
+
+import nbformat
+import pytest
+
+from rl4lmt.grading import setup_cell_source
+from rl4lmt.grading.author import check_master
+from rl4lmt.grading.cli import grade
+from rl4lmt.grading.course import assignments, build_course, scores, secret_lines, solved_from_master, submit
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+ASSIGNMENTS = assignments(ROOT)
+
+
+def _master(name):
+    return nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4)
+
+
+def _secrets(name):
+    release = ROOT / "exercises" / name / f"{name}.ipynb"
+    release_text = "\n".join(c.source for c in nbformat.read(release, as_version=4).cells) if release.exists() else ""
+    return secret_lines(_master(name), release_text)
+
+
+@pytest.fixture(scope="module")
+def course(tmp_path_factory):
+    """All assignments released in a throw-away course; solution and release graded in parallel."""
+    course = build_course(tmp_path_factory.mktemp("assignments"), ASSIGNMENTS, ROOT)
+    for name in ASSIGNMENTS:
+        release = nbformat.read(course / "exercises" / name / f"{name}.ipynb", as_version=4)
+        submit(course, "solution", name, solved_from_master(_master(name), release))
+        submit(course, "release", name, release)
+    results = {name: grade(name, course, jobs=2, limit=900) for name in ASSIGNMENTS}
+    return {"path": course, "results": results, "scores": {name: scores(course, name) for name in ASSIGNMENTS}}
+
+
+def test_there_are_assignments():
+    assert "ch00-world" in ASSIGNMENTS, ASSIGNMENTS
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_master_follows_conventions(name):
+    problems = check_master(ROOT / "solutions" / name)
+    assert not problems, f"{name}: " + "; ".join(problems)
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_setup_cell_is_the_generated_one(name):
+    want = setup_cell_source()
+    assert _master(name).cells[0].source == want, f"{name}: master's first cell is not the setup cell (make exercises)"
+    released = ROOT / "exercises" / name / f"{name}.ipynb"
+    assert released.exists(), f"exercises/{name} missing: run make exercises"
+    assert nbformat.read(released, as_version=4).cells[0].source == want
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_exercises_are_up_to_date(course, name):
+    """The committed release equals what nbgrader generates from the master now."""
+    fresh, committed = course["path"] / "exercises" / name, ROOT / "exercises" / name
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
+    assert files(fresh) == files(committed), f"{name}: files differ; run make exercises"
+    for rel in files(fresh):
+        a, b = (fresh / rel).read_bytes(), (committed / rel).read_bytes()
+        if rel.endswith(".ipynb"):
+            a, b = json.loads(a), json.loads(b)
+        assert a == b, f"exercises/{name}/{rel} is out of date with solutions/; run make exercises"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_solution_gets_full_marks(course, name):
+    bad = [r for r in course["results"][name] if not r["ok"]]
+    assert not bad, "\n".join(r["log"][-3000:] for r in bad)
+    got = course["scores"][name]["solution"]
+    assert got["max_code"] > 0, f"{name} has no autograded points"
+    failing = {k: v for k, v in got["cells"].items() if v is not None and v == 0}
+    assert got["code"] == got["max_code"], f"{name}: solution scored {got['code']}/{got['max_code']}; failing: {failing}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_release_gets_no_autograded_points(course, name):
+    """Every test cell fails on the untouched release: no test passes without the student's work."""
+    got = course["scores"][name]["release"]
+    passing = {k: v for k, v in got["cells"].items() if v}
+    assert got["code"] == 0 and not passing, f"{name}: the release scores {got['code']}; passing cells {passing}"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_no_leak_into_exercises(name):
+    secrets = _secrets(name)
+    assert secrets["solution"], f"{name}: no distinctive solution line found, the leak check would be vacuous"
+    folder = ROOT / "exercises" / name
+    for path in folder.rglob("*"):
+        if not path.is_file():
+            continue
+        if path.suffix == ".ipynb":
+            nb = nbformat.read(path, as_version=4)
+            text = "\n".join(c.source + json.dumps(c.get("outputs", [])) for c in nb.cells)
+        else:
+            text = path.read_text(errors="replace")
+        for kind, lines in secrets.items():
+            leaked = [ln for ln in lines if ln in text]
+            assert not leaked, f"{path.relative_to(ROOT)} contains {kind} lines: {leaked[:3]}"
+
+
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_no_leak_into_book_html(name):
+    build = ROOT / "_build" / "html"
+    if not build.is_dir():
+        pytest.skip("_build/html is absent (run make book): the book leak check did not run")
+    secrets = _secrets(name)
+    for page in build.rglob("*.html"):
+        # code is highlighted token by token: strip the tags before looking for whole lines
+        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text(errors="replace")))
+        for kind, lines in secrets.items():
+            leaked = [ln for ln in lines if ln in text]
+            assert not leaked, f"{page.relative_to(ROOT)} contains {kind} lines of {name}: {leaked[:3]}"
