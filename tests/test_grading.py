@@ -110,6 +110,12 @@ def course(tmp_path_factory, root):
         "sample_perplexity", "    hog = []\n    while True:\n        hog.append(bytearray(10**8))\n")  # memory bomb
     want["sigint_and_bomb"] = full - points["surprisal_bits_tests"] - points["sample_perplexity_tests"]
 
+    # passes the visible test of prefer_probability, fails its hidden ones (overflow at large beta)
+    subs["hidden_fail"] = _set_solution(copy.deepcopy(solved), "prefer_probability", (
+        "def prefer_probability(world, a, b, beta=5.0):\n"
+        "    return 1 / (1 + math.exp(-beta * (world.sentiment(a) - world.sentiment(b))))\n"))
+    want["hidden_fail"] = full - points["prefer_probability_tests"]
+
     subs["invalid_json"], want["invalid_json"] = '{"cells": [ {"cell_type": "code", ', 0
     subs["empty"], want["empty"] = b"", 0
 

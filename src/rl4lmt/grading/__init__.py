@@ -35,7 +35,9 @@ Conventions for writing an assignment master (read this before writing ``solutio
 
 5. **Visible tests teach**: every assert message says what was expected and what came back,
    e.g. ``assert abs(got - want) < 1e-6, f"surprisal(0.5) should be 1 bit, got {got}"``. Use
-   :func:`rl4lmt.grading.check_close` for numbers and arrays.
+   :func:`rl4lmt.grading.check_close` for numbers and arrays. A test cell imports what it uses
+   (``from rl4lmt.grading import check_close`` as its first line), so a student's redefinition of a
+   helper in an earlier cell cannot change what the test does.
 
 6. **Hidden tests catch plausible mistakes** (wrong log base, off-by-one, forgetting EOS, ...)
    by comparing with an independent reference (the package, the world's exact probabilities,
