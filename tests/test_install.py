@@ -288,7 +288,8 @@ def _setup_source() -> str:
 def test_setup_cell_does_nothing_where_rl4lmt_is_importable(plain, tmp_path):
     nb = plain.execute(_setup_probe(_setup_source()), cwd=tmp_path, timeout=120)
     report = _report(nb)
-    assert report["spawned"] == [], f"the setup cell started processes although rl4lmt is installed: {report['spawned']}"
+    installers = [a for _, a in report["spawned"] if re.search(r"\bpip\b|install|\bgit\b|conda|apt", a)]
+    assert installers == [], f"the setup cell ran an installer although rl4lmt is installed: {installers}"
     assert report["changed"] == [], f"the setup cell changed installed packages: {report['changed']}"
     assert _inside(report["file"], plain.venv) and report["device"] == "cpu", report
 
