@@ -125,8 +125,10 @@ P_NEGATION = 0.15
 P_INTENS = {"strong": 0.4, "mild": 0.15}
 P_NOT_VERY = 0.3            # "not very good" vs "not good"
 P_REALLY_VERB = {"strong": 0.3, "mild": 0.1}
-P_STRONG_ADJ = {"strong": 0.75, "mild": 0.15}
-P_SPECIFIC_ADJ = 0.35
+P_STRONG_ADJ = {"strong": 0.75, "mild": 0.15}   # also the share of strong verbs and intensifiers
+P_SPECIFIC_ADJ = 0.3        # an adjective of the aspect's own group ("catchy" music)
+P_OTHER_SPECIFIC_ADJ = 0.05  # an adjective of another group, used loosely ("the ending was fun")
+P_OTHER_CLOSER = 0.2        # a closing sentence typical of the other strength
 P_CLOSER = 0.3
 COPULAS = {False: (("was", 0.7), ("felt", 0.15), ("seemed", 0.15)),
            True: (("were", 0.7), ("felt", 0.15), ("seemed", 0.15))}
@@ -139,6 +141,35 @@ def _strength(s: int) -> str:
 
 def _sign(s: int) -> int:
     return 1 if SENTIMENTS[s] > 0 else -1
+
+
+def _adjective_probs(c: int, strength: str, group: str) -> dict:
+    """p(adjective) in a clause of polarity ``c``: general words (strong or mild), the aspect
+    group's own words, and now and then another group's words."""
+    probs: dict[str, float] = defaultdict(float)
+    p_general = 1 - P_SPECIFIC_ADJ - P_OTHER_SPECIFIC_ADJ
+    for cls in ("strong", "mild"):
+        pcls = P_STRONG_ADJ[strength] if cls == "strong" else 1 - P_STRONG_ADJ[strength]
+        for adj in _ADJ[(c, cls)]:
+            probs[adj] += p_general * pcls / len(_ADJ[(c, cls)])
+    for adj in _ADJ_SPECIFIC[(group, c)]:
+        probs[adj] += P_SPECIFIC_ADJ / len(_ADJ_SPECIFIC[(group, c)])
+    others = [adj for (g, pol), adjs in _ADJ_SPECIFIC.items() if pol == c and g != group for adj in adjs]
+    for adj in others:
+        probs[adj] += P_OTHER_SPECIFIC_ADJ / len(others)
+    return dict(probs)
+
+
+def _intensifier_probs(c: int, strength: str) -> dict:
+    """p(intensifier | an intensifier is used): strong ones ("truly", "painfully" for c < 0) mostly
+    for strong sentiments, mild ones ("fairly") mostly for mild ones."""
+    probs: dict[str, float] = defaultdict(float)
+    for cls in ("strong", "mild"):
+        pcls = P_STRONG_ADJ[strength] if cls == "strong" else 1 - P_STRONG_ADJ[strength]
+        words = _INTENS[cls] + (_INTENS_POLAR[c] if cls == "strong" else ())
+        for w in words:
+            probs[w] += pcls / len(words)
+    return dict(probs)
 
 
 def _say(words, then):
@@ -170,13 +201,13 @@ def _arcs(state: tuple) -> tuple:
         weights = {w: ws[(sign + 1) // 2] for w, ws in _OPENERS.items()}
         total = sum(weights.values())
         for words, wt in weights.items():
-            add(words + (",",), ("clause", s, 1, None, topic, None), P_OPENER * wt / total)
+            add(words + (",",), ("clause", s, 1, None, topic), P_OPENER * wt / total)
         # no opener: go straight into the first clause (its first word is emitted there)
-        for w, nxt, p in _arcs(("clause", s, 1, None, topic, None)):
+        for w, nxt, p in _arcs(("clause", s, 1, None, topic)):
             out.append((w, nxt, (1 - P_OPENER) * p))
     elif kind == "clause":
-        # ("clause", s, k, forced polarity or None, aspect or None (None: any but prev), prev aspect)
-        _, s, k, forced, aspect, prev = state
+        # ("clause", s, k, forced polarity or None, aspect or None (None: any aspect, uniformly))
+        _, s, k, forced, aspect = state
         sign = _sign(s)
         if forced is not None:
             polarities = ((forced, 1.0),)
@@ -184,7 +215,7 @@ def _arcs(state: tuple) -> tuple:
             polarities = ((sign, 1 - P_CONCESSION), (-sign, P_CONCESSION))
         else:
             polarities = ((sign, 1.0),)
-        aspects = (aspect,) if aspect is not None else tuple(a for a in ASPECTS if a != prev)
+        aspects = (aspect,) if aspect is not None else ASPECTS
         for c, pc in polarities:
             for a in aspects:
                 pa = pc / len(aspects)
@@ -207,50 +238,45 @@ def _arcs(state: tuple) -> tuple:
             for v in verbs:
                 pv = pcls / len(verbs)
                 if v[0] in ("loved", "liked", "enjoyed", "hated", "disliked"):
-                    add(("really",) + v + ("the", noun), ("end_clause", s, k, c, a), pv * p_really)
-                    add(v + ("the", noun), ("end_clause", s, k, c, a), pv * (1 - p_really))
+                    add(("really",) + v + ("the", noun), ("end_clause", s, k, c), pv * p_really)
+                    add(v + ("the", noun), ("end_clause", s, k, c), pv * (1 - p_really))
                 else:
-                    add(v + ("the", noun), ("end_clause", s, k, c, a), pv)
+                    add(v + ("the", noun), ("end_clause", s, k, c), pv)
     elif kind == "pred":  # "[not] [intensifier] <adjective>"
         _, s, k, c, a = state
         strength = _strength(s) if c == _sign(s) else "mild"
         group = _ASPECT_TABLE[a][2]
         # negated: "not [very] <mild adjective of the opposite polarity>"
-        neg_adjs = _ADJ[(-c, "mild")] + _ADJ_SPECIFIC[(group, -c)]
-        for adj in neg_adjs:
-            p = P_NEGATION / len(neg_adjs)
-            add(("not", "very", adj), ("end_clause", s, k, c, a), p * P_NOT_VERY)
-            add(("not", adj), ("end_clause", s, k, c, a), p * (1 - P_NOT_VERY))
+        for adj, pa in _adjective_probs(-c, "mild", group).items():
+            add(("not", "very", adj), ("end_clause", s, k, c), P_NEGATION * pa * P_NOT_VERY)
+            add(("not", adj), ("end_clause", s, k, c), P_NEGATION * pa * (1 - P_NOT_VERY))
         # plain: "[intensifier] <adjective>"
-        intens = _INTENS[strength] + (_INTENS_POLAR[c] if strength == "strong" else ())
-        adj_probs: dict[str, float] = defaultdict(float)
-        for cls, pcls in (("strong", P_STRONG_ADJ[strength]), ("mild", 1 - P_STRONG_ADJ[strength])):
-            for adj in _ADJ[(c, cls)]:
-                adj_probs[adj] += (1 - P_SPECIFIC_ADJ) * pcls / len(_ADJ[(c, cls)])
-        for adj in _ADJ_SPECIFIC[(group, c)]:
-            adj_probs[adj] += P_SPECIFIC_ADJ / len(_ADJ_SPECIFIC[(group, c)])
+        intens = _intensifier_probs(c, strength)
         p_int = P_INTENS[strength]
-        for adj, pa in adj_probs.items():
+        for adj, pa in _adjective_probs(c, strength, group).items():
             base = (1 - P_NEGATION) * pa
-            add((adj,), ("end_clause", s, k, c, a), base * (1 - p_int))
-            for w in intens:
-                add((w, adj), ("end_clause", s, k, c, a), base * p_int / len(intens))
+            add((adj,), ("end_clause", s, k, c), base * (1 - p_int))
+            for w, pw in intens.items():
+                add((w, adj), ("end_clause", s, k, c), base * p_int * pw)
     elif kind == "end_clause":  # what follows clause k of polarity c
-        _, s, k, c, a = state
+        _, s, k, c = state
         sign = _sign(s)
         if c != sign:  # a concession: ", but" + an agreeing clause, or "and" + another concession
             p_and = P_AND_AFTER_CONCESSION if k + 2 <= MAX_CLAUSES else 0.0
-            add(("and",), ("clause", s, k + 1, c, None, a), p_and)
-            add((",", "but"), ("clause", s, k + 1, sign, None, a), 1 - p_and)
+            add(("and",), ("clause", s, k + 1, c, None), p_and)
+            add((",", "but"), ("clause", s, k + 1, sign, None), 1 - p_and)
         else:
             p_and = P_AND_AFTER_AGREE if k < MAX_CLAUSES else 0.0
-            add(("and",), ("clause", s, k + 1, sign, None, a), p_and)
+            add(("and",), ("clause", s, k + 1, sign, None), p_and)
             add((".",), ("closer", s), 1 - p_and)
     elif kind == "closer":  # optional closing sentence, then the end of the review
         _, s = state
-        closers = _CLOSERS[(_sign(s), _strength(s))]
-        for words in closers:
-            add(words + (".",), ("final", s), P_CLOSER / len(closers))
+        own = _strength(s)
+        for strength in ("strong", "mild"):
+            closers = _CLOSERS[(_sign(s), strength)]
+            p_cls = 1 - P_OTHER_CLOSER if strength == own else P_OTHER_CLOSER
+            for words in closers:
+                add(words + (".",), ("final", s), P_CLOSER * p_cls / len(closers))
         out.append((EOS, None, 1 - P_CLOSER))
     elif kind == "final":
         out.append((EOS, None, 1.0))
@@ -706,6 +732,36 @@ class TinyReviews:
 
 @lru_cache(maxsize=1)
 def _entropy_stats() -> tuple[float, float]:
+    """(H(X) in nats, E[T+1]) of the world, computed once per machine and kept on disk.
+
+    The computation takes ~10 s of CPU, so its result is stored in ``$RL4LMT_CACHE`` (default
+    ``~/.cache/rl4lmt``) under a hash of this module's source: any change to the grammar makes a
+    new entry. tests/test_world.py checks the cached numbers against a fresh computation.
+    """
+    import hashlib
+    import json
+    import os
+    from pathlib import Path
+
+    digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:16]
+    cache = Path(os.environ.get("RL4LMT_CACHE", Path.home() / ".cache" / "rl4lmt")) / f"entropy-{digest}.json"
+    try:
+        data = json.loads(cache.read_text())
+        return float(data["entropy"]), float(data["events"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    entropy, events = _compute_entropy_stats()
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps({"entropy": entropy, "events": events}))
+        tmp.replace(cache)  # atomic: parallel processes never read half a file
+    except OSError:
+        pass  # a read-only home: compute again next time
+    return entropy, events
+
+
+def _compute_entropy_stats() -> tuple[float, float]:
     """(H(X) in nats, E[T+1]) of the world, by exact propagation of merged belief states."""
     def key(alpha):
         # Beliefs that agree to 12 digits are the same belief. Renaming an aspect (its noun, its
