@@ -71,7 +71,9 @@ def _check_base(base: float) -> float:
     return float(base)
 
 
-def surprisal(p, base: float = 2.0, *, log: bool = False):
+def surprisal(
+    p: float | np.ndarray | torch.Tensor, base: float = 2.0, *, log: bool = False
+) -> float | np.ndarray | torch.Tensor:
     """Surprisal :math:`-\\log_b p` of probabilities ``p`` (bits for ``base=2``, nats for ``math.e``).
 
     With ``log=True`` the input is natural-log probabilities :math:`\\ln p` (what models return),
