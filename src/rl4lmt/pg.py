@@ -457,15 +457,13 @@ def train_reinforce(
             weights = returns - values.detach()
             targets = returns
         else:
-            # v(S_{t+1}); at the last step v(S_T): 0 after termination, the critic's value after truncation
-            v = values.detach() * mask
-            next_v = torch.cat([v[:, 1:], torch.zeros(len(eps), 1)], dim=1)
-            lengths = mask.sum(1).long()
-            with torch.no_grad():
-                last = torch.stack([torch.zeros(()) if e.terminated else critic(e.last_obs) for e in eps])
-            next_v[torch.arange(len(eps)), lengths - 1] = last
-            targets = rewards + gamma * next_v  # TD target R_{t+1} + gamma v(S_{t+1})
-            weights = targets - values.detach()  # delta_t
+            weights = torch.zeros_like(rewards)
+            for i, e in enumerate(eps):  # per episode: its own length and its own v(S_T)
+                n = len(e.rewards)
+                with torch.no_grad():  # v(S_T): 0 after termination, the critic's value after truncation
+                    last = 0.0 if e.terminated else float(critic(e.last_obs))
+                weights[i, :n] = td_advantages(e.rewards, values[i, :n], gamma, last_value=last)  # delta_t
+            targets = weights + values.detach()  # TD target R_{t+1} + gamma v(S_{t+1}) = delta_t + v(S_t)
         loss_pi = reinforce_loss(logp, weights, mask=mask)
         opt_pi.zero_grad(set_to_none=True)
         loss_pi.backward()
