@@ -72,6 +72,7 @@ class PlainEnv:
             TRANSFORMERS_OFFLINE="1",
             HF_DATASETS_OFFLINE="1",
             HF_HOME=str(self.base / "hf-home"),  # empty: nothing may come from a hub cache
+            RL4LMT_CACHE=str(self.base / "rl4lmt-cache"),  # empty, as on a new Colab machine
             MPLBACKEND="Agg",
             TOKENIZERS_PARALLELISM="false",
             PYDEVD_DISABLE_FILE_VALIDATION="1",
