@@ -176,7 +176,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 def _next_logits(model, ids: torch.Tensor, past):
     """Run the model on the new tokens only (the cache holds the rest); return last logits and cache."""
     new_tokens = ids if past is None else ids[:, -1:]  # first call: the whole prompt ("prefill")
-    out = model(input_ids=new_tokens, past_key_values=past, use_cache=True)
+    # every position is attended to (rows are never left-padded; padding after an EOS is ignored
+    # anyway): an explicit mask, as generate passes one, also tells the model the padding is wanted
+    mask = torch.ones_like(ids)  # (B, T): cached positions + the new one
+    out = model(input_ids=new_tokens, attention_mask=mask, past_key_values=past, use_cache=True)
     return out.logits[:, -1, :].float(), out.past_key_values  # (B, V), cache
 
 
