@@ -15,7 +15,7 @@ from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, Clea
                                     OverwriteKernelspec, SaveAutoGrades)
 from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor
 
-from rl4lmt.grading.execute import HardenedExecute
+from rl4lmt.grading.execute import HardenedExecute, StderrIsNotFailure
 from rl4lmt.grading.feedback import HideHiddenTests
 from rl4lmt.grading.repair import RepairSubmission, TolerantNotebookExporter
 
@@ -45,6 +45,7 @@ c.Autograde.sanitize_preprocessors = [
 ]
 c.Autograde.autograde_preprocessors = [
     HardenedExecute,    # per-cell + total time limit, memory limit, restart and replay
+    StderrIsNotFailure,  # a warning or a tqdm bar on stderr does not fail a passing test cell
     IgnorePattern,
     LimitOutput,
     SaveAutoGrades,

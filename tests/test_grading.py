@@ -54,6 +54,10 @@ def course(tmp_path_factory, root):
     subs["release"], want["release"] = release, 0
 
     stripped = copy.deepcopy(solved)  # Colab / VS Code: every cell's metadata and id gone
+    # with a solution that writes to stderr (warnings, progress bars) in the test cell: not a failure
+    noisy = _cells(stripped, "surprisal_bits")[0]
+    noisy.source = noisy.source.replace("    return ", "    import sys; print('a warning', file=sys.stderr)\n    return ", 1)
+    assert "a warning" in noisy.source
     for c in stripped.cells:
         c.metadata = {}
         c.pop("id", None)

@@ -104,6 +104,8 @@ class Master:
         folder = pathlib.Path(root or ROOT) / "solutions" / self.assignment
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.assignment}.ipynb"
+        for i, cell in enumerate(self.nb.cells):  # stable ids: regenerating a master changes nothing
+            cell.id = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell-{i:02d}"
         nbformat.write(self.nb, path)
         problems = check_master(path)
         if problems:

@@ -22,12 +22,12 @@ import time
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.client import NotebookClient
 from nbformat.notebooknode import NotebookNode
-from nbgrader.preprocessors import Execute
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Integer
 
 from rl4lmt.grading.kernel import LimitedKernelManager
 
-__all__ = ["HardenedExecute"]
+__all__ = ["HardenedExecute", "StderrIsNotFailure"]
 
 
 def _error_output(ename: str, evalue: str) -> NotebookNode:
@@ -149,3 +149,21 @@ class HardenedExecute(Execute):
                 incidents.append({"cell": index, "what": "replay failed", "why": str(exc)[:200]})
                 done.remove(index)
                 self._restart()
+
+
+class StderrIsNotFailure(NbGraderPreprocessor):
+    """A test cell fails by raising, not by printing to stderr.
+
+    nbgrader scores a graded code cell 0 when it wrote *anything* to stderr, so a tqdm progress
+    bar, a library warning (transformers, torch) or a ``DeprecationWarning`` in a passing test
+    cell silently costs its points. This preprocessor (after ``HardenedExecute``, before
+    ``SaveAutoGrades``) relabels stderr streams of graded code cells as stdout, text unchanged.
+    """
+
+    def preprocess_cell(self, cell, resources, index):
+        md = cell.metadata.get("nbgrader", {})
+        if cell.cell_type == "code" and md.get("grade"):
+            for out in cell.get("outputs", []):
+                if out.get("output_type") == "stream" and out.get("name") == "stderr":
+                    out["name"] = "stdout"
+        return cell, resources

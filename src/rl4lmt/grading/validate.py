@@ -2,9 +2,9 @@
 
 ``nbgrader validate`` prints failures but exits with status 0 (nbgrader issue #1961), so a script
 or a student's pre-submission check cannot rely on it. ``python -m rl4lmt.grading validate X.ipynb``
-runs nbgrader's own Validator and exits with status 1 when a test cell fails, a read-only cell
-was changed, or a cell changed type; it also flags a notebook whose grade cells were lost
-(the grader then matches them back by content, but the student should know).
+runs the notebook top to bottom in a fresh kernel (nbclient, as the grader does) and exits with
+status 1 when a test cell fails; it also flags a notebook whose grade cells were lost (the grader
+matches them back by content, but the student should know).
 """
 from __future__ import annotations
 
@@ -15,13 +15,11 @@ __all__ = ["validate", "validate_and_report"]
 
 
 def validate(path: str | pathlib.Path, timeout: int = 120) -> dict:
-    """nbgrader's validation results for one notebook: lists under failed/changed/type_changed/passed."""
-    try:  # nbgrader's own Validator where nbgrader is installed (the instructor, CI)
-        from nbgrader.validator import Validator
-        from traitlets.config import Config
-    except ImportError:  # Colab: no nbgrader; run the notebook with nbclient instead
-        Validator = None
+    """Run a notebook top to bottom like the grader; lists of failed and passed test cells.
 
+    Not nbgrader's Validator: that one also fails a passing test cell that printed a warning or a
+    progress bar to stderr, and needs nbgrader, which Colab does not have.
+    """
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"path {str(path)!r} does not exist")
@@ -30,26 +28,25 @@ def validate(path: str | pathlib.Path, timeout: int = 120) -> dict:
     except (ValueError, UnicodeDecodeError) as exc:
         return {"unreadable": [{"source": f"{path} is not a valid notebook: {exc}"}]}
     graded = [c for c in nb.get("cells", []) if c.get("metadata", {}).get("nbgrader", {}).get("grade")]
-    if Validator is None:
-        results = _validate_without_nbgrader(path, timeout)
-    else:
-        cfg = Config()
-        cfg.Execute.timeout = timeout
-        results = Validator(config=cfg).validate(str(path))
+    results = _run(path, timeout)
     if not graded:
         results["no_grade_cells"] = [{"source": "no graded cells: the nbgrader metadata was lost (e.g. by "
                                                 "Colab or VS Code); re-download the exercise and copy your answers in"}]
     return results
 
 
-def _validate_without_nbgrader(path: pathlib.Path, timeout: int) -> dict:
+def _run(path: pathlib.Path, timeout: int) -> dict:
     """Run the notebook top to bottom; a graded cell with an error output has failed."""
     import nbformat
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=timeout, allow_errors=True, resources={"metadata": {"path": str(path.parent)}}).execute()
     results: dict = {"failed": [], "passed": []}
+    try:
+        NotebookClient(nb, timeout=timeout, allow_errors=True, resources={"metadata": {"path": str(path.parent)}}).execute()
+    except Exception as exc:  # a hang or a dead kernel is a failure to report, not a crash of the check
+        results["failed"].append({"source": "", "error": f"the notebook did not run to the end: {type(exc).__name__}: "
+                                                          f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"})
     for cell in nb.cells:
         if not cell.get("metadata", {}).get("nbgrader", {}).get("grade") or cell.cell_type != "code":
             continue
