@@ -14,6 +14,7 @@ Rebuild the shipped model (same seed, same weights on the same machine)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -168,6 +169,20 @@ def train(out_dir: str | os.PathLike | None = None, cfg: TinyGPTConfig | None = 
     return report
 
 
+@contextlib.contextmanager
+def _quiet_loading():
+    """Silence transformers' progress bars while loading a small local checkpoint."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
     """Load ``(model, tokenizer)``: a shipped checkpoint by its name, or any hub name.
 
@@ -188,7 +203,9 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
             raise FileNotFoundError(
                 f"the shipped checkpoint {name!r} is missing from {path}; rebuild it with "
                 "`python -m rl4lmt.zoo train` (or reinstall the package)")
-        model = GPT2LMHeadModel.from_pretrained(path)
+        with _quiet_loading():  # no "Loading weights" bar on every book page
+            model = GPT2LMHeadModel.from_pretrained(path)
+        model.loss_type = "ForCausalLM"  # transformers 5 leaves it unset and warns on `labels=`
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
