@@ -207,7 +207,7 @@ def test_the_tests_that_run_are_the_instructors(course):
 def test_csv_export_and_same_grades_on_rerun(course):
     """Re-grading gives the same grades; nbgrader export writes them to CSV."""
     path = course["path"]
-    again = ["mangled", "loop_and_exit"]
+    again = ["mangled", "deleted"]
     grade(A, path, jobs=2, limit=600, students=again, extra_args=LIMITS)
     rescored = scores(path, A)
     for s in again:
