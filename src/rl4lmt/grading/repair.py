@@ -65,10 +65,10 @@ def _set_type(cell, cell_type: str) -> None:
     cell.cell_type = cell_type
     if cell_type == "code":
         cell.outputs, cell.execution_count = [], None
+        cell.pop("attachments", None)  # only markdown cells may carry attachments
     else:
         cell.pop("outputs", None)
         cell.pop("execution_count", None)
-    cell.pop("attachments", None) if cell_type == "code" else None
 
 
 def release_reference(config, assignment: str, notebook: str, db_url: str | None = None) -> NotebookNode | None:
