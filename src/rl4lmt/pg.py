@@ -591,19 +591,29 @@ def sample_rollouts(
         raise ValueError("the tokenizer gave no tokens for the prompt; it must prepend a BOS token")
     p_len = len(prompt_ids)
     start = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
-    out = policy.generate(
-        input_ids=start,
-        attention_mask=torch.ones_like(start),
-        do_sample=True,
-        top_k=0,  # no top-k: sample from the full softmax (the policy being scored)
-        top_p=1.0,
-        temperature=float(temperature),
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos,
-        # finished rows are filled with EOS during generation (replaced by the pad id below):
-        # feeding the pad id back in makes transformers warn about a missing attention mask
-        pad_token_id=eos,
-    )
+    # The policy may sample the pad token as an action (the world then rejects the text); while
+    # decoding, transformers mistakes that sampled token for padding and warns about a missing
+    # attention mask although one is passed. Silence that false alarm for this call only.
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        out = policy.generate(
+            input_ids=start,
+            attention_mask=torch.ones_like(start),
+            do_sample=True,
+            top_k=0,  # no top-k: sample from the full softmax (the policy being scored)
+            top_p=1.0,
+            temperature=float(temperature),
+            max_new_tokens=max_new_tokens,
+            eos_token_id=eos,
+            # finished rows are filled with EOS during generation (replaced by the pad id below):
+            # feeding the pad id back in makes transformers warn about a missing attention mask
+            pad_token_id=eos,
+        )
+    finally:
+        hf_logging.set_verbosity(verbosity)
     resp = out[:, p_len:]  # (B, L) sampled tokens, pad after each row's EOS
     is_eos = resp == eos
     finished = is_eos.any(1)
