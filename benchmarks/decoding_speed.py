@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import GenerationConfig
 
 from rl4lmt import decoding, zoo
 
@@ -43,27 +42,26 @@ def main() -> None:
     model, tok = zoo.load(args.model, device="cpu")
     pad = tok.pad_token_id
 
-    def gen_cfg(**kw):  # eos_token_id=None: every sequence runs to the budget
-        return GenerationConfig(max_new_tokens=args.new, eos_token_id=None,
-                                pad_token_id=pad, bos_token_id=tok.bos_token_id, **kw)
+    def generate(x, **kw):  # eos_token_id=None as a keyword: every sequence runs to the budget
+        # (a GenerationConfig with eos_token_id=None would fall back to the model's EOS and stop early)
+        return model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=args.new, eos_token_id=None,
+                              pad_token_id=pad, **kw)
 
     cases = {
         "greedy": (lambda x: decoding.greedy(model, x, args.new),
-                   lambda x: model.generate(x, attention_mask=torch.ones_like(x), generation_config=gen_cfg(do_sample=False))),
+                   lambda x: generate(x, do_sample=False)),
         "sample t=0.8 k=20 p=0.9": (
             lambda x: decoding.sample(model, x, args.new, temperature=0.8, top_k=20, top_p=0.9),
-            lambda x: model.generate(x, attention_mask=torch.ones_like(x),
-                                     generation_config=gen_cfg(do_sample=True, temperature=0.8, top_k=20, top_p=0.9))),
+            lambda x: generate(x, do_sample=True, temperature=0.8, top_k=20, top_p=0.9)),
         "beam 4": (lambda x: decoding.beam_search(model, x, 4, args.new),
-                   lambda x: model.generate(x, attention_mask=torch.ones_like(x),
-                                            generation_config=gen_cfg(do_sample=False, num_beams=4, early_stopping=True))),
+                   lambda x: generate(x, do_sample=False, num_beams=4, early_stopping=True)),
     }
     rows = []
     print(f"{'decoder':<26}{'batch':>6}{'ours tok/s':>12}{'generate tok/s':>16}{'ratio':>8}")
     for name, (ours, theirs) in cases.items():
         for batch in (1, 16):
             x = torch.full((batch, 1), tok.bos_token_id, dtype=torch.long)
-            assert ours(x).shape[1] == 1 + args.new
+            assert ours(x).shape[1] == theirs(x).shape[1] == 1 + args.new, "both must do the same work"
             n = batch * args.new
             a = tokens_per_second(lambda: ours(x), n, args.reps)
             b = tokens_per_second(lambda: theirs(x), n, args.reps)
