@@ -18,7 +18,7 @@ import pytest
 from rl4lmt.grading import setup_cell_source
 from rl4lmt.grading.author import check_master
 from rl4lmt.grading.cli import grade
-from rl4lmt.grading.course import assignments, build_course, scores, secret_lines, solved_from_master, submit
+from rl4lmt.grading.course import assignments, build_course, flatten, scores, secret_lines, solved_from_master, submit
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 ASSIGNMENTS = assignments(ROOT)
@@ -109,9 +109,10 @@ def test_no_leak_into_exercises(name):
             continue
         if path.suffix == ".ipynb":
             nb = nbformat.read(path, as_version=4)
-            text = "\n".join(c.source + json.dumps(c.get("outputs", [])) for c in nb.cells)
+            text = "\n".join(c.source + "\n" + json.dumps(c.get("outputs", [])) for c in nb.cells)
         else:
             text = path.read_text(errors="replace")
+        text = flatten(text)
         for kind, lines in secrets.items():
             leaked = [ln for ln in lines if ln in text]
             assert not leaked, f"{path.relative_to(ROOT)} contains {kind} lines: {leaked[:3]}"
@@ -125,7 +126,17 @@ def test_no_leak_into_book_html(name):
     secrets = _secrets(name)
     for page in build.rglob("*.html"):
         # code is highlighted token by token: strip the tags before looking for whole lines
-        text = html.unescape(re.sub(r"<[^>]+>", "", page.read_text(errors="replace")))
+        text = flatten(html.unescape(re.sub(r"<[^>]+>", "", page.read_text(errors="replace"))))
         for kind, lines in secrets.items():
             leaked = [ln for ln in lines if ln in text]
             assert not leaked, f"{page.relative_to(ROOT)} contains {kind} lines of {name}: {leaked[:3]}"
+
+
+def test_leak_check_finds_a_planted_leak():
+    """The leak check is not vacuous: it finds the master's own solutions in the master."""
+    secrets = _secrets("ch00-world")
+    planted = flatten("\n".join(c.source for c in _master("ch00-world").cells))
+    assert all(any(sn in planted for sn in secrets[kind]) for kind in ("solution", "hidden"))
+    clean = flatten("\n".join(c.source for c in nbformat.read(ROOT / "exercises" / "ch00-world" / "ch00-world.ipynb",
+                                                              as_version=4).cells))
+    assert not any(sn in clean for kind in secrets for sn in secrets[kind])

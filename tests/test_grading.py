@@ -19,7 +19,7 @@ import nbformat
 import pytest
 
 from rl4lmt.grading.cli import class_report, grade
-from rl4lmt.grading.course import build_course, scores, secret_lines, solved_from_master, submit
+from rl4lmt.grading.course import build_course, flatten, scores, secret_lines, solved_from_master, submit
 from rl4lmt.grading.feedback import split_hidden
 from rl4lmt.grading.repair import repair_notebook
 
@@ -244,7 +244,7 @@ def test_feedback_has_no_hidden_tests_and_no_solutions(course, feedback):
     secrets = secret_lines(course["master"], release_text)
     assert secrets["hidden"] and secrets["solution"], "nothing to look for: the leak check would be vacuous"
     for student, page in feedback.items():
-        text = _plain(page)
+        text = flatten(_plain(page))
         leaked = [ln for ln in secrets["hidden"] if ln in text]
         assert not leaked, f"feedback of {student} shows hidden-test lines: {leaked[:3]}"
         assert "BEGIN HIDDEN TESTS" not in text

@@ -15,7 +15,7 @@ import nbformat
 from rl4lmt.grading import ROOT
 from rl4lmt.grading.author import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, hidden_lines, solution_lines
 
-__all__ = ["assignments", "build_course", "solved_from_master", "submit", "scores", "secret_lines"]
+__all__ = ["assignments", "build_course", "solved_from_master", "submit", "scores", "secret_lines", "flatten"]
 
 
 def assignments(root: str | pathlib.Path | None = None) -> list[str]:
@@ -77,17 +77,25 @@ def scores(course: pathlib.Path, assignment: str) -> dict[str, dict]:
     return out
 
 
-def secret_lines(master: nbformat.NotebookNode, release_text: str, min_len: int = 10) -> dict[str, set[str]]:
-    """Distinctive solution and hidden-test lines of a master (absent from its release text).
+def flatten(text: str) -> str:
+    """Text with each line stripped and blank lines dropped: where secrets are looked for."""
+    return "\n".join(ln.strip() for ln in text.splitlines() if ln.strip())
 
-    A line counts when, stripped, it has at least ``min_len`` characters and does not occur in the
-    release anyway (so a line like ``return total`` shared with visible code is not a "leak").
+
+def secret_lines(master: nbformat.NotebookNode, release_text: str, min_len: int = 40) -> dict[str, set[str]]:
+    """Distinctive snippets of a master's solutions and hidden tests, to look for in ``flatten(text)``.
+
+    A snippet is two consecutive non-blank lines of a solution or hidden block (stripped, joined
+    by a newline, at least 20 characters together), or one such line of at least ``min_len``
+    characters. Snippets that occur in the release anyway are not secrets. Pairs keep a generic
+    line such as ``words = text.split()`` from counting as a leak on its own.
     """
+    released = flatten(release_text)
     out = {"solution": set(), "hidden": set()}
     for cell in master.cells:
         for kind, lines in (("solution", solution_lines(cell.source)), ("hidden", hidden_lines(cell.source))):
-            for ln in lines:
-                s = ln.strip()
-                if len(s) >= min_len and s not in release_text and not s.startswith(("### BEGIN", "### END")):
-                    out[kind].add(s)
+            lines = [ln.strip() for ln in lines if ln.strip()]
+            snippets = [f"{a}\n{b}" for a, b in zip(lines, lines[1:]) if len(a) + len(b) >= 20]
+            snippets += [ln for ln in lines if len(ln) >= min_len]
+            out[kind].update(sn for sn in snippets if sn not in released)
     return out
