@@ -113,30 +113,27 @@ class Master:
         return path
 
 
-def hidden_lines(source: str) -> list[str]:
-    """The lines strictly between the hidden-test markers of a cell source."""
+def _lines_between(source: str, begin: str, end: str) -> list[str]:
+    """The lines strictly between ``begin`` and ``end`` marker lines of a cell source."""
     out, inside = [], False
     for line in source.splitlines():
-        if BEGIN_HIDDEN in line:
+        if begin in line:
             inside = True
-        elif END_HIDDEN in line:
+        elif end in line:
             inside = False
         elif inside:
             out.append(line)
     return out
+
+
+def hidden_lines(source: str) -> list[str]:
+    """The lines strictly between the hidden-test markers of a cell source."""
+    return _lines_between(source, BEGIN_HIDDEN, END_HIDDEN)
 
 
 def solution_lines(source: str) -> list[str]:
     """The lines strictly between the solution markers of a cell source."""
-    out, inside = [], False
-    for line in source.splitlines():
-        if BEGIN_SOLUTION in line:
-            inside = True
-        elif END_SOLUTION in line:
-            inside = False
-        elif inside:
-            out.append(line)
-    return out
+    return _lines_between(source, BEGIN_SOLUTION, END_SOLUTION)
 
 
 def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
