@@ -11,8 +11,9 @@ import io
 import re
 import warnings
 
-import nbformat
 import pytest
+
+from rl4lmt.grading.author import master_code_cells
 
 SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
 
@@ -80,9 +81,7 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
 
 @pytest.fixture(scope="module")
 def cells(root):
-    nb = nbformat.read(root / "solutions" / "ch01-lm-basics" / "ch01-lm-basics.ipynb", as_version=4)
-    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
-            if c.cell_type == "code" and "nbgrader" in c.metadata}
+    return master_code_cells(root / "solutions" / "ch01-lm-basics" / "ch01-lm-basics.ipynb")
 
 
 @pytest.fixture(scope="module")

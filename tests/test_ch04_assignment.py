@@ -12,8 +12,9 @@ import io
 import re
 import warnings
 
-import nbformat
 import pytest
+
+from rl4lmt.grading.author import master_code_cells
 
 SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
 
@@ -98,9 +99,7 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
 
 @pytest.fixture(scope="module")
 def cells(root):
-    nb = nbformat.read(root / "solutions" / "ch04-policy-gradients" / "ch04-policy-gradients.ipynb", as_version=4)
-    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
-            if c.cell_type == "code" and "nbgrader" in c.metadata}
+    return master_code_cells(root / "solutions" / "ch04-policy-gradients" / "ch04-policy-gradients.ipynb")
 
 
 @pytest.fixture(scope="module")

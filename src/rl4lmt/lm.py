@@ -34,6 +34,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rl4lmt.utils import check_texts
+
 __all__ = [
     "surprisal",
     "cross_entropy",
@@ -189,18 +191,6 @@ class TokenLogprobs(NamedTuple):
     targets: torch.Tensor
 
 
-def _check_texts(texts) -> list[str]:
-    if isinstance(texts, str):
-        raise TypeError("texts must be a list of strings, not a single string (wrap it: [text])")
-    texts = list(texts)
-    if not texts:
-        raise ValueError("texts must not be empty")
-    bad = [t for t in texts if not isinstance(t, str)]
-    if bad:
-        raise TypeError(f"texts must hold strings, got {type(bad[0]).__name__}")
-    return texts
-
-
 def encode_texts(tokenizer, texts: Sequence[str], *, add_eos: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids of ``texts``, right-padded: ``(input_ids, attention_mask)``, both ``(batch, time)``.
 
@@ -209,7 +199,7 @@ def encode_texts(tokenizer, texts: Sequence[str], *, add_eos: bool = True) -> tu
     an event the model must predict. Padding uses the pad id (EOS if there is none) and is
     always on the right, so position ids stay 0, 1, 2, ... for every real token.
     """
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     eos = getattr(tokenizer, "eos_token_id", None)
     if add_eos and eos is None:
         raise ValueError("tokenizer has no eos_token_id; pass add_eos=False")
@@ -536,7 +526,7 @@ def train_bpe(texts: Sequence[str], vocab_size: int, *, min_frequency: int = 2, 
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-    texts = _check_texts(texts)
+    texts = check_texts(texts)
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 2:
         raise ValueError(f"vocab_size must be an int >= 2, got {vocab_size!r}")
     if isinstance(min_frequency, bool) or not isinstance(min_frequency, int) or min_frequency < 1:

@@ -38,6 +38,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from rl4lmt.utils import check_texts
+
 __all__ = ["EOS", "TinyReviews", "ASPECTS", "SENTIMENTS"]
 
 EOS = "<eos>"
@@ -586,22 +588,10 @@ class TinyReviews:
         ``-sum_i log p(x_i) / sum_i (T_i + 1)``: the per-text quantity to put beside a model's
         cross-entropy on the same texts (their difference is the model's excess, a KL rate).
         """
-        texts = self._check_texts(texts)
+        texts = check_texts(texts)
         total = sum(self.logprob(t) for t in texts)
         events = sum(self.num_events(t) for t in texts)
         return -total / events
-
-    @staticmethod
-    def _check_texts(texts) -> list[str]:
-        if isinstance(texts, str):
-            raise TypeError("texts must be a list of str, not a single str")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("texts must not be empty")
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError(f"texts must contain str, got {type(t).__name__}")
-        return texts
 
     def most_probable(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` most probable complete reviews with their exact log-probabilities.

@@ -136,6 +136,13 @@ def solution_lines(source: str) -> list[str]:
     return _lines_between(source, BEGIN_SOLUTION, END_SOLUTION)
 
 
+def master_code_cells(path: str | pathlib.Path) -> dict[str, str]:
+    """A master's nbgrader code cells as ``{grade_id: source}`` (for tests that run them piecewise)."""
+    nb = nbformat.read(path, as_version=4)
+    return {c.metadata["nbgrader"]["grade_id"]: c.source for c in nb.cells
+            if c.cell_type == "code" and "nbgrader" in c.metadata}
+
+
 def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
     """Problems with a master notebook (empty list: it follows the conventions)."""
     path = pathlib.Path(path)
