@@ -284,3 +284,61 @@ def test_distinct_n():
     assert decoding.distinct_n(["x y"] * 10, 2) == pytest.approx(0.1)
     with pytest.raises(ValueError, match=r"\bn\b"):
         decoding.distinct_n(["a b"], 0)
+
+
+# ---------------------------------------------------------------------------- locally typical sampling
+
+
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("mass", [1e-6, 0.1, 0.2, 0.5, 0.9, 0.95, 0.999])
+def test_typical_matches_transformers(seed, mass, ties):
+    from transformers.generation.logits_process import TypicalLogitsWarper
+
+    z = random_logits(seed, ties=ties)
+    z_before = z.clone()
+    ours = decoding.typical_filter(z, mass)
+    assert torch.equal(ours, TypicalLogitsWarper(mass)(None, z.clone()))
+    assert torch.equal(z, z_before)  # the input is left alone
+
+
+def test_typical_brute_force_definition_and_edges():
+    """Independent of transformers: the shortest head by |surprisal - entropy| with mass >= `mass`."""
+    for seed in range(20):
+        z = random_logits(seed, shape=(1, 12))[0].double()
+        logp = z.log_softmax(-1)
+        entropy = -(logp.exp() * logp).sum()
+        order = sorted(range(12), key=lambda w: abs(-logp[w].item() - entropy.item()))
+        for mass in [0.2, 0.5, 0.8, 0.95]:
+            head, total = [], 0.0
+            for w in order:
+                head.append(w)
+                total += logp[w].exp().item()
+                if total >= mass:
+                    break
+            kept = set(torch.nonzero(decoding.typical_filter(z, mass) > float("-inf")).flatten().tolist())
+            assert kept == set(head), (seed, mass)
+    # the most probable token is dropped when it is far less surprising than typical
+    z = torch.tensor([[5.0] + [0.0] * 200])  # P(top) ~ 0.42, entropy ~ 3.7 nats, top surprisal ~ 0.9
+    assert decoding.typical_filter(z, 0.5)[0, 0] == float("-inf")
+    assert torch.equal(decoding.typical_filter(z, 1.0), z)  # mass 1 keeps everything
+    assert (decoding.typical_filter(random_logits(1, shape=(2, 3, 40)), 1e-9) > float("-inf")).sum(-1).eq(1).all()
+    with pytest.raises(ValueError, match=r"\bmass\b"):
+        decoding.typical_filter(z, 0.0)
+    with pytest.raises(TypeError, match=r"\bmass\b"):
+        decoding.typical_filter(z, "0.5")
+
+
+@pytest.mark.parametrize("seed", range(2))
+@pytest.mark.parametrize("temperature, top_k, typical_p", [(1.0, None, 0.5), (0.8, 10, 0.9)])
+def test_sample_with_typical_p_matches_generate(seed, temperature, top_k, typical_p):
+    model, x = random_model(seed), prompts(seed)
+    torch.manual_seed(seed)
+    ref = generate(model, x, do_sample=True, max_new_tokens=10, temperature=temperature, top_k=top_k or 0,
+                   top_p=1.0, typical_p=typical_p, eos_token_id=0)
+    torch.manual_seed(seed)
+    ours = decoding.sample(model, x, 10, temperature=temperature, top_k=top_k, typical_p=typical_p,
+                           eos_token_id=0, pad_token_id=V - 1)
+    assert torch.equal(ours, ref)
+    with pytest.raises(ValueError, match=r"\bmass\b"):
+        decoding.sample(model, x, 2, typical_p=1.5)

@@ -32,6 +32,7 @@ __all__ = [
     "temperature_scale",
     "top_k_filter",
     "top_p_filter",
+    "typical_filter",
     "greedy",
     "sample",
     "beam_search",
@@ -168,6 +169,45 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
+def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
+    """Locally typical filter: keep the tokens whose surprisal is closest to the entropy, up to mass ``mass``.
+
+    With :math:`H = -\\sum_w P(w) \\log P(w)` the entropy of the next-token distribution, rank the
+    tokens by :math:`|-\\log P(w) - H|` (how far each token's surprisal is from the expected one)
+    and keep the shortest such ranked head whose probability sums to ``>= mass`` (Meister et al.,
+    2023). Unlike top-p, the most probable token may be dropped when it is much *less*
+    surprising than typical. Every token tied with the last kept score is kept too, and at least
+    one token survives. Same result as transformers' ``TypicalLogitsWarper(mass)``, ties
+    included, because it uses the same computation; ``mass = 1`` keeps every token.
+
+    Args:
+        logits: float tensor of shape ``(..., vocab)``.
+        mass: the typical mass, ``0 < mass <= 1``.
+
+    Returns:
+        A new tensor of the same shape, ``-inf`` where a token is filtered out.
+
+    Taught in chapter 8, "Production variability".
+    """
+    _check_logits(logits)
+    if isinstance(mass, bool) or not isinstance(mass, (int, float)):
+        raise TypeError(f"mass must be a float, got {type(mass).__name__}")
+    if not (0 < mass <= 1):
+        raise ValueError(f"mass (the typical mass) must be in (0, 1], got {mass}")
+    if mass == 1:
+        return logits.clone()  # keep all: a float cumsum can reach 1 before the last token
+    logp = logits.log_softmax(dim=-1)  # (..., V)
+    entropy = -(logp * logp.exp()).nansum(dim=-1, keepdim=True)  # (..., 1); 0 * -inf terms are nan
+    distance = (-logp - entropy).abs()  # (..., V): |surprisal - H|
+    sorted_dist, sorted_idx = torch.sort(distance, dim=-1)  # most typical first
+    head_mass = logits.gather(-1, sorted_idx).softmax(dim=-1).cumsum(dim=-1)  # (..., V)
+    last = (head_mass < mass).sum(dim=-1, keepdim=True).clamp(max=logits.shape[-1] - 1)  # last kept rank
+    drop_sorted = sorted_dist > sorted_dist.gather(-1, last)  # ties with the last kept score survive
+    drop_sorted[..., 0] = False  # always keep the most typical token
+    drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)  # back to vocabulary order
+    return logits.masked_fill(drop, float("-inf"))
+
+
 # --------------------------------------------------------------------------------------------
 # One decoding step with the KV cache
 # --------------------------------------------------------------------------------------------
@@ -244,6 +284,8 @@ def sample(
     generator: torch.Generator | None = None,
     eos_token_id: int | None = None,
     pad_token_id: int | None = None,
+    *,
+    typical_p: float | None = None,
 ) -> torch.LongTensor:
     """Ancestral sampling: draw :math:`w_{i+1} \\sim \\mathrm{softmax}(\\mathrm{filter}(z / t))`, one token at a time.
 
@@ -252,11 +294,13 @@ def sample(
     1. divide the logits by the temperature (``temperature_scale``);
     2. keep the ``top_k`` most likely tokens (``top_k_filter``), if given;
     3. keep the nucleus of mass ``top_p`` (``top_p_filter``), if given;
-    4. softmax and draw one token per row with ``torch.multinomial``.
+    4. keep the locally typical set of mass ``typical_p`` (``typical_filter``), if given;
+    5. softmax and draw one token per row with ``torch.multinomial``.
 
     With the same seed (``torch.manual_seed`` and ``generator=None``) this returns exactly what
-    ``model.generate(input_ids, do_sample=True, temperature=..., top_k=top_k or 0, top_p=top_p or 1.0)``
-    returns. Pass a seeded ``torch.Generator`` to keep the draws independent of the global RNG.
+    ``model.generate(input_ids, do_sample=True, temperature=..., top_k=top_k or 0, top_p=top_p or 1.0,
+    typical_p=typical_p or 1.0)`` returns. Pass a seeded ``torch.Generator`` to keep the draws
+    independent of the global RNG.
 
     Args:
         model: a causal LM returning ``.logits`` and ``.past_key_values``.
@@ -268,6 +312,8 @@ def sample(
         generator: the random number generator to draw from (``None``: torch's global one).
         eos_token_id: the end-of-sequence id, or ``None`` to always generate ``max_new_tokens``.
         pad_token_id: what to write after a row's EOS (default ``eos_token_id``).
+        typical_p: keep only the locally typical set of mass in (0, 1] (``None``: no typical
+            filter; Meister et al., 2023), keyword-only.
 
     Returns:
         LongTensor ``(batch, prompt_length + generated)``.
@@ -283,6 +329,8 @@ def sample(
         top_k_filter(dummy, top_k)
     if top_p is not None:
         top_p_filter(dummy, top_p)
+    if typical_p is not None:
+        typical_filter(dummy, typical_p)
     eos_token_id = _check_token_id("eos_token_id", eos_token_id)
     pad_token_id = eos_token_id if pad_token_id is None else _check_token_id("pad_token_id", pad_token_id)
 
@@ -293,7 +341,9 @@ def sample(
             logits = top_k_filter(logits, top_k)  # 2. top-k
         if top_p is not None and top_p < 1.0:
             logits = top_p_filter(logits, top_p)  # 3. top-p on the already tempered distribution
-        probs = logits.softmax(dim=-1)  # 4. filtered tokens get probability exactly 0
+        if typical_p is not None and typical_p < 1.0:
+            logits = typical_filter(logits, typical_p)  # 4. typical set, after the other filters
+        probs = logits.softmax(dim=-1)  # 5. filtered tokens get probability exactly 0
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)  # (B,)
 
     return _decode_loop(model, input_ids, max_new_tokens, choose, eos_token_id, pad_token_id)
