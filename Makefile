@@ -30,15 +30,23 @@ test: book chromium
 	$(PY) -m pytest
 
 ## make chromium: Debian's Chromium for tests/test_browser.py, installed with apt-get where it
-## is missing (CI runs as root). Where it cannot be installed the browser test is skipped, loudly.
+## is missing (CI runs as root). Where it cannot be installed the browser test is skipped, loudly;
+## under CI (RL4LMT_CI=1, set by .ci/run) this target fails instead, with the reason.
+CHROMIUM ?= chromium
 chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+	@command -v $(CHROMIUM) >/dev/null 2>&1 || { why=; \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "make chromium: installing Debian's chromium for the browser test"; \
 	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-	      || echo "make chromium: WARNING: could not install chromium: the browser test will be SKIPPED"; \
+	      || why="apt-get could not install chromium"; \
 	  else \
-	    echo "make chromium: WARNING: chromium is missing and cannot be installed here (needs root and apt-get): the browser test will be SKIPPED"; \
+	    why="chromium is missing and cannot be installed here (needs root and apt-get)"; \
+	  fi; \
+	  if [ -n "$$why" ]; then \
+	    if [ -n "$${RL4LMT_CI:-}" ] && [ "$${RL4LMT_CI}" != 0 ]; then \
+	      echo "make chromium: ERROR (CI): $$why: the browser test cannot run" >&2; exit 1; \
+	    fi; \
+	    echo "make chromium: WARNING: $$why: the browser test will be SKIPPED"; \
 	  fi; }
 
 ## make model: retrain the shipped tiny GPT-2 on the TinyReviews world (same seed, same weights).

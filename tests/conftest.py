@@ -19,3 +19,21 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def root() -> pathlib.Path:
     """The repository root."""
     return ROOT
+
+
+# CI cannot pass by skipping. `.ci/run` exports RL4LMT_CI=1; there, a test in these modules
+# (the built book in a browser, the plain install, the leak check of the built book) that skips
+# because a prerequisite is missing (no book, no Chromium, no notebooks) FAILS with the skip's
+# reason. Locally the skip stays (loud: `-ra` prints every reason).
+CI = os.environ.get("RL4LMT_CI", "").strip() not in ("", "0")
+MUST_RUN_IN_CI = {"test_browser.py", "test_install.py", "test_assignments.py"}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if CI and report.skipped and not hasattr(report, "wasxfail") and item.path.name in MUST_RUN_IN_CI:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (RL4LMT_CI=1), which is a failure there: {reason}"

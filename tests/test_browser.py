@@ -19,7 +19,9 @@ so a failing page can be looked at too).
 When ``_build/html`` is missing the tests are skipped with a loud reason (``make test`` always
 builds it; run ``make book`` first when running pytest alone). ``RL4LMT_BOOK_HTML`` points the
 tests at another build. When Chromium is missing, ``make test`` installs it (``make
-chromium``); only where that is impossible are the tests skipped, loudly.
+chromium``); only where that is impossible are the tests skipped, loudly. Under CI
+(``RL4LMT_CI=1``, set by ``.ci/run``) such a skip is a failure with the same reason (see
+``tests/conftest.py``), so CI cannot pass without the browser test having run.
 """
 from __future__ import annotations
 
@@ -75,7 +77,11 @@ def toc_pages() -> list[str]:
 
 
 def chromium_path() -> str | None:
-    for candidate in (os.environ.get("RL4LMT_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium")):
+    """RL4LMT_CHROMIUM when set (and only it: an explicit choice), else Debian's chromium."""
+    if os.environ.get("RL4LMT_CHROMIUM"):
+        exe = os.environ["RL4LMT_CHROMIUM"]
+        return exe if os.access(exe, os.X_OK) else None
+    for candidate in ("/usr/bin/chromium", shutil.which("chromium")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
