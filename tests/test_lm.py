@@ -333,3 +333,72 @@ def test_train_bpe_rejects_bad_input():
         lm.train_bpe(["abc"], vocab_size=0)
     with pytest.raises(TypeError, match="texts"):
         lm.train_bpe("abc", vocab_size=10)
+
+
+# ---------------------------------------------------------------- the transformer block
+def _tiny_gpt2(seed=0, n_layer=2):
+    set_seed(seed)
+    cfg = GPT2Config(vocab_size=37, n_positions=16, n_embd=24, n_layer=n_layer, n_head=3,
+                     bos_token_id=0, eos_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    model = GPT2LMHeadModel(cfg).eval()
+    with torch.no_grad():  # random layer-norm affine parameters too, so a swapped gamma/beta shows
+        for name, p in model.named_parameters():
+            if "ln_" in name:
+                p.copy_(torch.randn_like(p) * 0.5 + (1.0 if name.endswith("weight") else 0.0))
+    return model
+
+
+def test_layer_norm_matches_torch_and_has_z_scores():
+    set_seed(0)
+    x = torch.randn(2, 5, 8, dtype=torch.float64) * 3 + 7
+    w, b = torch.randn(8, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    ours = lm.layer_norm(x, w, b, eps=1e-5)
+    torch.testing.assert_close(ours, F.layer_norm(x, (8,), w, b, eps=1e-5))
+    z = lm.layer_norm(x, torch.ones(8, dtype=torch.float64), torch.zeros(8, dtype=torch.float64), eps=1e-12)
+    torch.testing.assert_close(z.mean(-1), torch.zeros(2, 5, dtype=torch.float64))
+    torch.testing.assert_close(z.var(-1, unbiased=False), torch.ones(2, 5, dtype=torch.float64))
+    with pytest.raises(ValueError, match="weight"):
+        lm.layer_norm(x, torch.ones(7, dtype=torch.float64), b)
+    with pytest.raises(ValueError, match="eps"):
+        lm.layer_norm(x, w, b, eps=0.0)
+
+
+def test_gelu_tanh_matches_torch_approximate_gelu():
+    x = torch.linspace(-6, 6, 101, dtype=torch.float64)
+    torch.testing.assert_close(lm.gelu_tanh(x), F.gelu(x, approximate="tanh"))
+
+
+def test_transformer_block_matches_gpt2_block_with_the_same_weights():
+    model = _tiny_gpt2()
+    block = model.transformer.h[1]
+    x = torch.randn(3, 9, 24, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = block(x)
+        ref = ref[0] if isinstance(ref, tuple) else ref
+        ours = lm.transformer_block(x, lm.block_weights(block), n_heads=3, eps=model.config.layer_norm_epsilon)
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)
+    # the feed-forward sub-layer alone is GPT-2's MLP
+    with torch.no_grad():
+        torch.testing.assert_close(lm.feed_forward(x, block.mlp.c_fc.weight, block.mlp.c_fc.bias,
+                                                   block.mlp.c_proj.weight, block.mlp.c_proj.bias),
+                                   block.mlp(x), atol=1e-5, rtol=1e-5)
+    with pytest.raises(TypeError, match="weights"):
+        lm.transformer_block(x, block, n_heads=3)
+    with pytest.raises(TypeError, match="block"):
+        lm.block_weights(torch.nn.Linear(2, 2))
+
+
+def test_gpt2_forward_stacks_blocks_like_transformers():
+    model = _tiny_gpt2(seed=2, n_layer=3)
+    ids = torch.randint(0, 37, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ref = model(ids, output_hidden_states=True)
+        logits, hidden = lm.gpt2_forward(model, ids, return_hidden=True)
+    torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert len(hidden) == model.config.n_layer + 1
+    # transformers' hidden_states: the embedding output and each block's output, except that the
+    # last one has the final layer norm applied; compare the ones before it
+    for ours_h, ref_h in zip(hidden[:-1], ref.hidden_states[:-1]):
+        torch.testing.assert_close(ours_h, ref_h, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="input_ids"):
+        lm.gpt2_forward(model, ids.float())

@@ -17,6 +17,10 @@ What lives here, in the order the chapter teaches it:
   :func:`multi_head_self_attention` (checked against ``torch.nn.functional.
   scaled_dot_product_attention`` and GPT-2's own attention layer in ``tests/test_lm.py``).
 - positions: :func:`sinusoidal_positions` (Vaswani et al. 2017).
+- the transformer block: :func:`layer_norm`, :func:`gelu_tanh`, :func:`feed_forward`,
+  :func:`transformer_block` (pre-LN, residual stream) and :func:`gpt2_forward` (embeddings,
+  stacked blocks, final norm, unembedding), checked against transformers' ``GPT2Block`` and
+  ``GPT2LMHeadModel`` with the same weights.
 - subword tokenization with the ``tokenizers`` library: :func:`train_bpe`, :func:`bpe_merges`,
   :func:`english_text` (a few paragraphs of plain English shipped with the package).
 
@@ -59,6 +63,13 @@ __all__ = [
     "train_bpe",
     "bpe_merges",
     "english_text",
+    "BlockWeights",
+    "layer_norm",
+    "gelu_tanh",
+    "feed_forward",
+    "block_weights",
+    "transformer_block",
+    "gpt2_forward",
 ]
 
 
@@ -549,3 +560,124 @@ def bpe_merges(tokenizer) -> list[tuple[str, str]]:
     if model.get("type") != "BPE":
         raise ValueError(f"tokenizer must hold a BPE model, got {model.get('type')!r}")
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in model["merges"]]
+
+
+# ----------------------------------------------------------------------------------------------
+# The transformer block: layer norm, residual stream, feed-forward sub-layer, stacking
+# ----------------------------------------------------------------------------------------------
+class BlockWeights(NamedTuple):
+    """The weights of one pre-LN transformer block in GPT-2's layout (``x @ W + b``).
+
+    ``ln1_*``/``ln2_*`` ``(dim,)``; ``w_qkv`` ``(dim, 3 dim)``, ``w_attn_out`` ``(dim, dim)``;
+    ``w_fc`` ``(dim, 4 dim)``, ``w_mlp_out`` ``(4 dim, dim)`` (biases to match). :func:`block_weights`
+    reads them off a transformers ``GPT2Block``.
+    """
+
+    ln1_weight: torch.Tensor
+    ln1_bias: torch.Tensor
+    w_qkv: torch.Tensor
+    b_qkv: torch.Tensor
+    w_attn_out: torch.Tensor
+    b_attn_out: torch.Tensor
+    ln2_weight: torch.Tensor
+    ln2_bias: torch.Tensor
+    w_fc: torch.Tensor
+    b_fc: torch.Tensor
+    w_mlp_out: torch.Tensor
+    b_mlp_out: torch.Tensor
+
+
+def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Layer normalisation, :math:`\\mathrm{LN}(x) = \\gamma \\odot \\frac{x - \\mu(x)}{\\sqrt{\\sigma^2(x) + \\epsilon}} + \\beta`.
+
+    Mean and (biased) variance are taken over the last dimension, separately for every token:
+    each token's vector becomes a z-score, then gets a learned scale ``weight`` (:math:`\\gamma`)
+    and shift ``bias`` (:math:`\\beta`) per feature (Ba et al., 2016). Same as
+    ``torch.nn.functional.layer_norm``.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1:
+        raise ValueError(f"x must be a tensor with a feature dimension, got {getattr(x, 'shape', type(x))}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) or t.shape != x.shape[-1:]:
+            raise ValueError(f"{name} must be a tensor of shape ({x.shape[-1]},), got {getattr(t, 'shape', type(t))}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or eps <= 0:
+        raise ValueError(f"eps must be a positive float, got {eps!r}")
+    mean = x.mean(dim=-1, keepdim=True)  # (..., 1): one mean per token
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)  # biased variance, as torch and GPT-2 use
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU, the tanh approximation :math:`\\tfrac12 x (1 + \\tanh(\\sqrt{2/\\pi}(x + 0.044715 x^3)))`."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def feed_forward(x: torch.Tensor, w_fc: torch.Tensor, b_fc: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+    """The position-wise feed-forward sub-layer, :math:`\\mathrm{FFN}(x) = \\mathrm{GELU}(x W_1 + b_1) W_2 + b_2`.
+
+    The same two-layer MLP is applied to every token separately (no mixing across positions:
+    that is attention's job); the hidden layer is usually 4 times wider than the model.
+    """
+    if not isinstance(x, torch.Tensor) or x.dim() < 1 or w_fc.shape[0] != x.shape[-1] or w_out.shape != (w_fc.shape[1], x.shape[-1]):
+        raise ValueError(f"x (..., dim), w_fc (dim, hidden) and w_out (hidden, dim) do not fit: "
+                         f"{getattr(x, 'shape', None)}, {tuple(w_fc.shape)}, {tuple(w_out.shape)}")
+    return gelu_tanh(x @ w_fc + b_fc) @ w_out + b_out
+
+
+def block_weights(block) -> BlockWeights:
+    """Read the weights of a transformers ``GPT2Block`` (``model.transformer.h[i]``) into :class:`BlockWeights`."""
+    try:
+        return BlockWeights(
+            block.ln_1.weight, block.ln_1.bias, block.attn.c_attn.weight, block.attn.c_attn.bias,
+            block.attn.c_proj.weight, block.attn.c_proj.bias, block.ln_2.weight, block.ln_2.bias,
+            block.mlp.c_fc.weight, block.mlp.c_fc.bias, block.mlp.c_proj.weight, block.mlp.c_proj.bias,
+        )
+    except AttributeError as err:
+        raise TypeError(f"block must be a GPT-2 block (ln_1, attn, ln_2, mlp), got {type(block).__name__}") from err
+
+
+def transformer_block(
+    x: torch.Tensor, weights: BlockWeights, n_heads: int, attn_mask: torch.Tensor | None = None, eps: float = 1e-5
+) -> torch.Tensor:
+    """One pre-LN transformer block, as in GPT-2 (Radford et al., 2019):
+
+    .. math::  h = x + \\mathrm{MHA}(\\mathrm{LN}_1(x)), \\qquad y = h + \\mathrm{FFN}(\\mathrm{LN}_2(h)).
+
+    ``x`` ``(batch, time, dim)`` is the *residual stream*: each sub-layer reads a normalised copy
+    of it and *adds* its output back, so information (and gradient) can pass straight through
+    every block. Attention is causal (:func:`multi_head_self_attention`; ``attn_mask`` as
+    there). Returns ``(batch, time, dim)``.
+    """
+    if not isinstance(weights, BlockWeights):
+        raise TypeError(f"weights must be a BlockWeights (see block_weights), got {type(weights).__name__}")
+    w = weights
+    h = x + multi_head_self_attention(layer_norm(x, w.ln1_weight, w.ln1_bias, eps), w.w_qkv, w.b_qkv,
+                                      w.w_attn_out, w.b_attn_out, n_heads, attn_mask)  # attention writes to the stream
+    return h + feed_forward(layer_norm(h, w.ln2_weight, w.ln2_bias, eps), w.w_fc, w.b_fc, w.w_mlp_out, w.b_mlp_out)
+
+
+def gpt2_forward(model, input_ids: torch.Tensor, *, return_hidden: bool = False):
+    """GPT-2's forward pass written out with :func:`transformer_block`: logits ``(batch, time, vocab)``.
+
+    :math:`x_0 = E[w_t] + P[t]` (token plus learned position embedding), then
+    :math:`x_\\ell = \\mathrm{Block}_\\ell(x_{\\ell-1})` for every block, a final layer norm, and
+    the (tied) unembedding :math:`\\mathrm{logits} = \\mathrm{LN}_f(x_L) E^\\top`. With
+    ``return_hidden=True`` also returns the residual stream after the embedding and after each
+    block (a list of ``L + 1`` tensors), which is what the logit lens reads. No padding: one
+    text per row, all of the same length.
+    """
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be a (batch, time) long tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+    tr = getattr(model, "transformer", None)
+    if tr is None or not hasattr(tr, "wte"):
+        raise TypeError(f"model must be a GPT2LMHeadModel, got {type(model).__name__}")
+    input_ids = input_ids.to(_model_device(model))
+    cfg = model.config
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+    x = tr.wte(input_ids) + tr.wpe(positions)  # (B, T, C): the residual stream starts here
+    hidden = [x]
+    for block in tr.h:
+        x = transformer_block(x, block_weights(block), cfg.n_head, eps=cfg.layer_norm_epsilon)
+        hidden.append(x)
+    logits = model.lm_head(layer_norm(x, tr.ln_f.weight, tr.ln_f.bias, cfg.layer_norm_epsilon))
+    return (logits, hidden) if return_hidden else logits
