@@ -9,7 +9,8 @@ In code, ``rewards[t]`` is :math:`R_{t+1}`, the reward that *follows* action :ma
 The objective is :math:`J(\\theta) = \\mathbb E_{\\tau \\sim \\pi_\\theta}[G_0]`; the policy-gradient
 theorem (log-derivative trick) gives
 
-.. math:: \\nabla_\\theta J = \\mathbb E\\Big[\\sum_t \\nabla_\\theta \\log \\pi_\\theta(A_t \\mid S_t)\\,(G_t - b(S_t))\\Big],
+.. math::
+   \\nabla_\\theta J = \\mathbb E\\Big[\\sum_t \\nabla_\\theta \\log \\pi_\\theta(A_t \\mid S_t)\\,(G_t - b(S_t))\\Big],
 
 for any baseline :math:`b` that does not depend on the action. Every loss below is written so
 that *minimising* it with a torch optimiser *ascends* :math:`J` (the sign the lecture's
@@ -38,7 +39,8 @@ TRPO and (2017) PPO; Ziegler et al. (2019) for the KL-penalised LM objective; Ah
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -148,7 +150,8 @@ def discounted_returns(rewards, gamma: float = 1.0) -> torch.Tensor:
 # 2. REINFORCE
 # ----------------------------------------------------------------------------------------------
 def reinforce_loss(logprobs: torch.Tensor, returns, baseline=None, mask=None) -> torch.Tensor:
-    """REINFORCE surrogate loss :math:`L(\\theta) = -\\frac1m\\sum_i\\sum_t \\log\\pi_\\theta(A^i_t \\mid S^i_t)\\,(G^i_t - b^i_t)`.
+    """REINFORCE surrogate loss
+    :math:`L(\\theta) = -\\frac1m\\sum_i\\sum_t \\log\\pi_\\theta(A^i_t \\mid S^i_t)\\,(G^i_t - b^i_t)`.
 
     Its gradient is minus the sample estimate of :math:`\\nabla_\\theta J` (Williams 1992), so a
     descent step on it is the lecture's ascent step
@@ -486,13 +489,15 @@ def train_reinforce(
 def ppo_clip_loss(
     logprobs: torch.Tensor, old_logprobs, advantages, clip_eps: float = 0.2, mask=None
 ) -> tuple[torch.Tensor, dict]:
-    """PPO's clipped surrogate :math:`L^{CLIP} = \\hat{\\mathbb E}_t[\\min(r_t\\hat A_t,\\ \\mathrm{clip}(r_t, 1-\\epsilon, 1+\\epsilon)\\hat A_t)]`, negated.
+    """PPO's clipped surrogate, negated:
+    :math:`L^{CLIP} = \\hat{\\mathbb E}_t[\\min(r_t\\hat A_t,\\
+    \\mathrm{clip}(r_t, 1-\\epsilon, 1+\\epsilon)\\hat A_t)]`.
 
-    :math:`r_t(\\theta) = \\pi_\\theta(a_t \\mid s_t)/\\pi_{\\theta_{old}}(a_t \\mid s_t) = \\exp(\\log\\pi_\\theta - \\log\\pi_{old})`
-    is the importance ratio of the surrogate :math:`L^{CPI}` (TRPO); the min with the clipped
-    term removes the incentive to move :math:`r_t` outside :math:`[1-\\epsilon, 1+\\epsilon]`
-    (Schulman et al. 2017). At :math:`\\theta = \\theta_{old}` its gradient equals the
-    (time-averaged) policy gradient.
+    :math:`r_t(\\theta) = \\pi_\\theta(a_t \\mid s_t)/\\pi_{\\theta_{old}}(a_t \\mid s_t)
+    = \\exp(\\log\\pi_\\theta - \\log\\pi_{old})` is the importance ratio of the surrogate
+    :math:`L^{CPI}` (TRPO); the min with the clipped term removes the incentive to move :math:`r_t`
+    outside :math:`[1-\\epsilon, 1+\\epsilon]` (Schulman et al. 2017). At :math:`\\theta = \\theta_{old}` its
+    gradient equals the (time-averaged) policy gradient.
 
     Args:
         logprobs: :math:`\\log\\pi_\\theta(a_t \\mid s_t)` with gradients, any shape.
@@ -618,7 +623,8 @@ def sample_rollouts(
     is_eos = resp == eos
     finished = is_eos.any(1)
     # response length: up to and including the first EOS, else the whole budget
-    first_eos = torch.where(finished, is_eos.float().argmax(1), torch.full_like(finished, resp.shape[1] - 1, dtype=torch.long))
+    last = torch.full_like(finished, resp.shape[1] - 1, dtype=torch.long)
+    first_eos = torch.where(finished, is_eos.float().argmax(1), last)
     keep = torch.arange(resp.shape[1], device=device)[None, :] <= first_eos[:, None]  # (B, L)
     attention_mask = torch.cat([torch.ones(n, p_len, dtype=torch.long, device=device), keep.long()], dim=1)
     input_ids = torch.where(attention_mask.bool(), out, torch.full_like(out, pad))
@@ -649,9 +655,11 @@ def response_logprobs(model, rollout: Rollout) -> torch.Tensor:
 
 
 def sequence_kl(logprobs, ref_logprobs, mask) -> torch.Tensor:
-    """Sample estimate of :math:`\\mathrm{KL}(\\pi \\Vert \\pi_{ref})` per sequence: :math:`\\sum_t (\\log\\pi(y_t) - \\log\\pi_{ref}(y_t))`.
+    """Sample estimate of :math:`\\mathrm{KL}(\\pi \\Vert \\pi_{ref})` per sequence:
+    :math:`\\sum_t (\\log\\pi(y_t) - \\log\\pi_{ref}(y_t))`.
 
-    For :math:`y \\sim \\pi`, :math:`\\mathbb E_y[\\log\\pi(y) - \\log\\pi_{ref}(y)] = \\mathrm{KL}(\\pi \\Vert \\pi_{ref})`
+    For :math:`y \\sim \\pi`,
+    :math:`\\mathbb E_y[\\log\\pi(y) - \\log\\pi_{ref}(y)] = \\mathrm{KL}(\\pi \\Vert \\pi_{ref})`
     over whole sequences, and :math:`\\log\\pi(y)` is the sum of the per-token log-probs, so this
     is unbiased (one sample may be negative). It is the penalty in the KL-shaped reward
     :math:`R(y) - \\beta\\,\\log\\frac{\\pi(y)}{\\pi_{ref}(y)}` (Ziegler et al. 2019). All inputs
@@ -666,9 +674,11 @@ def sequence_kl(logprobs, ref_logprobs, mask) -> torch.Tensor:
 
 
 def exact_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask) -> torch.Tensor:
-    """:math:`\\sum_t \\mathrm{KL}(\\pi(\\cdot \\mid S_t) \\Vert \\pi_{ref}(\\cdot \\mid S_t))` per sequence, each term exact.
+    """:math:`\\sum_t \\mathrm{KL}(\\pi(\\cdot \\mid S_t) \\Vert \\pi_{ref}(\\cdot \\mid S_t))` per sequence, each term
+    exact.
 
-    The per-token KL sums over the whole vocabulary, :math:`\\sum_v \\pi(v)(\\log\\pi(v) - \\log\\pi_{ref}(v))`,
+    The per-token KL sums over the whole vocabulary,
+    :math:`\\sum_v \\pi(v)(\\log\\pi(v) - \\log\\pi_{ref}(v))`,
     at every visited state :math:`S_t`. Its expectation over rollouts equals that of
     :func:`sequence_kl` (the chain rule of KL), with lower variance; it needs both models' full
     logits. ``logits`` and ``ref_logits`` ``(B, T, V)`` are the *predicting* positions (use
@@ -677,7 +687,8 @@ def exact_token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, mask) -> torc
     if not isinstance(logits, torch.Tensor) or not isinstance(ref_logits, torch.Tensor):
         raise TypeError("logits and ref_logits must be tensors")
     if logits.dim() != 3 or logits.shape != ref_logits.shape:
-        raise ValueError(f"logits and ref_logits must both be (B, T, V), got {tuple(logits.shape)} and {tuple(ref_logits.shape)}")
+        raise ValueError(f"logits and ref_logits must both be (B, T, V), "
+                         f"got {tuple(logits.shape)} and {tuple(ref_logits.shape)}")
     logp = torch.log_softmax(logits.float(), -1)
     ref = torch.log_softmax(ref_logits.float(), -1)
     per_token = (logp.exp() * (logp - ref)).sum(-1)  # (B, T) exact KL at each state
