@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test venv clean-book model exercises bench chromium
+.PHONY: book test venv clean-book model reward-model exercises bench chromium
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ chromium:
 ## make model: retrain the shipped tiny GPT-2 on the TinyReviews world (same seed, same weights).
 model: $(STAMP)
 	$(PY) -m rl4lmt.zoo train
+
+## make reward-model: retrain the shipped reward model tiny-reviews-rm (chapter 6; same seed, same weights).
+reward-model: $(STAMP)
+	$(PY) -m rl4lmt.reward train
 
 ## make exercises: regenerate exercises/ (student versions) from solutions/ with nbgrader; commit both.
 exercises: $(STAMP)

@@ -32,6 +32,7 @@ __all__ = ["load", "build_tokenizer", "TinyGPTConfig", "train", "checkpoint_dir"
 
 PAD, UNK = "<pad>", "<unk>"
 SHIPPED = ("tiny-reviews",)
+REWARD_MODELS = ("tiny-reviews-rm",)  # shipped GPT2ForSequenceClassification reward models (chapter 6)
 
 
 def checkpoint_dir(name: str = "tiny-reviews") -> Path:
@@ -187,15 +188,28 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
     """Load ``(model, tokenizer)``: a shipped checkpoint by its name, or any hub name.
 
     ``"tiny-reviews"`` is the GPT-2 pretrained on the TinyReviews world that ships with the
-    package (works offline). Other names go to transformers' ``AutoModelForCausalLM`` /
-    ``AutoTokenizer.from_pretrained`` (a hub id or a local folder); offline, a name that is not in
-    the local cache fails with an ``OSError`` that says what to do instead. The model is put in
-    eval mode on ``device`` (default: ``rl4lmt.get_device()``).
+    package (works offline); ``"tiny-reviews-rm"`` is chapter 6's reward model, a
+    ``GPT2ForSequenceClassification`` (one score per text, read at its last real token). Other
+    names go to transformers' ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` (a hub
+    id or a local folder); offline, a name that is not in the local cache fails with an
+    ``OSError`` that says what to do instead. The model is put in eval mode on ``device``
+    (default: ``rl4lmt.get_device()``).
     """
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     device = get_device() if device is None else torch.device(device)
-    if name in SHIPPED:
+    if name in REWARD_MODELS:  # a scalar head on the transformer: load returns (reward model, tokenizer)
+        from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+        path = checkpoint_dir(name)
+        if not (path / "model.safetensors").exists():
+            raise FileNotFoundError(
+                f"the shipped reward model {name!r} is missing from {path}; rebuild it with "
+                "`python -m rl4lmt.reward train` (or reinstall the package)")
+        with _quiet_loading():
+            model = GPT2ForSequenceClassification.from_pretrained(path)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+    elif name in SHIPPED:
         from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
 
         path = checkpoint_dir(name)

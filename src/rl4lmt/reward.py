@@ -1,0 +1,671 @@
+"""Reward modelling: preferences, the Bradley-Terry loss, evaluation, best-of-n (taught in chapter 6).
+
+RLHF's step 2 (Ouyang et al., 2022): sample K responses to each instruction from the SFT policy,
+let annotators rank them, and fit a scalar reward :math:`r_\\phi(x, y)` to the rankings with the
+Bradley-Terry model (Bradley and Terry, 1952)
+
+.. math::  P(y_w \\succ y_l \\mid x) = \\sigma(r(x, y_w) - r(x, y_l)),
+           \\qquad \\mathcal L(\\phi) = -\\mathbb E\\,[\\log\\sigma(r_\\phi(x, y_w) - r_\\phi(x, y_l))].
+
+The TinyReviews world knows what real courses cannot: the *gold* utility of a response
+(``TinyReviews.instruction_score``: how surely the world would have written it for the
+instruction), and the annotators' exact noise and bias (:class:`Annotators`). So the page can say
+how good a reward model is, how good it *could* be (:func:`bayes_ceiling`), and what it learned
+that the annotators did not mean (their taste for length).
+
+Implementation details, each a function here:
+
+1. responses are sampled with :func:`rl4lmt.decoding.sample` (pure ancestral sampling, the
+   policy's own distribution), ``K`` per instruction (:func:`sample_responses`);
+2. annotators rank the K responses by Plackett-Luce around their utility (gold + length taste),
+   so every pair inside a ranking follows Bradley-Terry exactly; careless annotators give a random
+   ranking (:meth:`Annotators.rank`); a ranking becomes its C(K, 2) pairs (:func:`ranking_pairs`);
+3. the data is TRL's explicit-prompt preference format (``prompt``/``chosen``/``rejected``,
+   completions end with the EOS so the reward is read at the end of the response);
+4. the score of a padded sequence is read at its last real token (:func:`last_token_scores`,
+   what ``GPT2ForSequenceClassification`` does);
+5. the loss is ``-logsigmoid(r_w - r_l)`` (:func:`bradley_terry_loss`, equal to TRL
+   ``RewardTrainer``'s), never ``log(sigmoid(.))``, which underflows to ``-inf``;
+6. the shipped reward model is trained with TRL's ``RewardTrainer`` (:func:`train`);
+7. best-of-n: keep the highest-scored of n samples (:func:`best_of_n`); its KL to the sampler is
+   at most ``log n - (n - 1)/n`` (:func:`best_of_n_kl`, Stiennon et al., 2020; Beirami et al.,
+   2024), checked by :func:`best_of_n_kl_monte_carlo` with the world's exact probabilities.
+
+Rebuild the shipped reward model (same seed, same weights)::
+
+    python -m rl4lmt.reward train            # or: make reward-model
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from rl4lmt.world import TinyReviews
+
+__all__ = [
+    "POLICY", "Annotators", "gold_utility", "sample_responses", "ranking_pairs", "preference_data",
+    "bradley_terry_loss", "kwise_bradley_terry_loss", "last_token_scores", "reward_model_from_lm",
+    "score", "pairwise_accuracy", "bayes_ceiling", "best_of_n", "best_of_n_kl",
+    "best_of_n_expectation", "best_of_n_kl_monte_carlo", "RewardModelConfig", "train",
+    "train_bradley_terry", "evaluate",
+]
+
+#: The policy whose responses the annotators compare, and the reward model's initialisation:
+#: RLHF's SFT model (chapter 5). The one place to change it.
+POLICY = "tiny-reviews"
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Gold utility and simulated annotators
+# ----------------------------------------------------------------------------------------------
+def gold_utility(world: TinyReviews, instruction: str, response: str) -> float:
+    """The gold utility :math:`u^*(x, y)` of a response: ``world.instruction_score(x, y)`` in [0, 1].
+
+    The posterior probability that the world wrote ``y`` under the latents the instruction asks
+    for (sentiment and topic); 0 for a text the world cannot produce (ungrammatical, unfinished).
+    It is what the instruction *means*; annotators see it only through noise and their own taste.
+    """
+    return world.instruction_score(instruction, response)
+
+
+@dataclass
+class Annotators:
+    """Simulated annotators: Bradley-Terry around the gold utility, with noise and a taste for length.
+
+    The annotators' utility of a response with :math:`|y|` words is
+    :math:`u(x, y) = u^*(x, y) + \\lambda |y|`, and for two responses
+
+    .. math::  P(y_1 \\succ y_2) = (1 - \\epsilon)\\,\\sigma(\\beta (u_1 - u_2)) + \\epsilon\\,\\sigma(\\beta (u_2 - u_1)),
+
+    i.e. Bradley-Terry with inverse temperature :math:`\\beta`, then each recorded comparison is
+    flipped with probability :math:`\\epsilon` (careless annotators).
+    """
+
+    beta: float = 10.0
+    """Inverse temperature :math:`\\beta`: how sharply annotators tell utilities apart (0: coin flips)."""
+    noise: float = 0.1
+    """Label noise :math:`\\epsilon` in [0, 0.5]: the probability that a comparison is flipped."""
+    length_bias: float = 0.02
+    """:math:`\\lambda`: utility per word that annotators add for length (what the instruction did not ask)."""
+
+    def __post_init__(self):
+        for name in ("beta", "noise", "length_bias"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise TypeError(f"{name} must be a finite number, got {v!r}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not 0.0 <= self.noise <= 0.5:
+            raise ValueError(f"noise must be in [0, 0.5], got {self.noise}")
+
+    def utility(self, gold, n_words) -> np.ndarray:
+        """The annotators' utility :math:`u^* + \\lambda |y|` (arrays broadcast)."""
+        return np.asarray(gold, dtype=np.float64) + self.length_bias * np.asarray(n_words, dtype=np.float64)
+
+    def prob_prefer(self, u_first, u_second) -> np.ndarray:
+        """:math:`P(\\text{first} \\succ \\text{second})` from the annotators' utilities, noise included (exact)."""
+        p = 1.0 / (1.0 + np.exp(-self.beta * (np.asarray(u_first, np.float64) - np.asarray(u_second, np.float64))))
+        return (1 - self.noise) * p + self.noise * (1 - p)
+
+    def rank(self, utilities, rng: np.random.Generator) -> np.ndarray:
+        """Rank K responses, best first: a Plackett-Luce draw around :math:`\\beta u`, or at random.
+
+        Plackett-Luce by the Gumbel trick: sort :math:`\\beta u_i + G_i`, :math:`G_i` standard Gumbel.
+        The order of any two responses in such a ranking is Bradley-Terry,
+        :math:`\\sigma(\\beta(u_i - u_j))` (Luce's choice axiom). With probability :math:`2\\epsilon`
+        the annotator is careless and ranks uniformly at random, which flips each pair with
+        probability exactly :math:`\\epsilon`: the pair marginal is :meth:`prob_prefer`.
+        """
+        u = np.asarray(utilities, dtype=np.float64)
+        if u.ndim != 1 or u.size < 2:
+            raise ValueError(f"utilities must be a 1-D array of K >= 2 utilities, got shape {u.shape}")
+        careless = rng.random() < 2 * self.noise
+        keys = rng.gumbel(size=u.size) + (0.0 if careless else self.beta * u)
+        return np.argsort(-keys, kind="stable")
+
+
+def ranking_pairs(ranking) -> list[tuple[int, int]]:
+    """A ranking (indices, best first) as its C(K, 2) pairs ``(winner, loser)``.
+
+    >>> ranking_pairs([2, 0, 1])
+    [(2, 0), (2, 1), (0, 1)]
+    """
+    ranking = [int(i) for i in ranking]
+    if len(set(ranking)) != len(ranking) or len(ranking) < 2:
+        raise ValueError(f"ranking must list K >= 2 distinct indices, got {ranking}")
+    return list(combinations(ranking, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Preference data over the policy's own responses
+# ----------------------------------------------------------------------------------------------
+def _model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+@torch.no_grad()
+def sample_responses(policy, tokenizer, instructions, k: int, *, max_new_tokens: int = 40,
+                     batch_rows: int = 256, generator: torch.Generator | None = None) -> list[list[str]]:
+    """``k`` responses of the policy to each instruction, sampled with :func:`rl4lmt.decoding.sample`.
+
+    The policy sees ``<bos> instruction`` and samples until its EOS (pure ancestral sampling:
+    the responses come from exactly the policy that will be optimised). A response is its words
+    without the EOS; one that hits ``max_new_tokens`` or samples a special token is cut there (it
+    is unfinished, and the world scores it 0). Instructions of the same length share batches.
+
+    Returns one list of ``k`` response strings per instruction, in order.
+    """
+    from rl4lmt.decoding import sample
+
+    if isinstance(instructions, str):
+        raise TypeError("instructions must be a list of strings, not a single string")
+    instructions = list(instructions)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    device = _model_device(policy)
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    special = set(tokenizer.all_special_ids)
+    encoded = [list(tokenizer(x)["input_ids"]) for x in instructions]
+    out: list[list[str]] = [[] for _ in instructions]
+    by_len: dict[int, list[int]] = {}
+    for i, ids in enumerate(encoded):
+        by_len.setdefault(len(ids), []).append(i)
+    for length in sorted(by_len):
+        rows = [i for i in by_len[length] for _ in range(k)]  # each instruction k times
+        for start in range(0, len(rows), batch_rows):
+            chunk = rows[start:start + batch_rows]
+            prompt = torch.tensor([encoded[i] for i in chunk], dtype=torch.long, device=device)
+            ids = sample(policy, prompt, max_new_tokens, generator=generator, eos_token_id=eos, pad_token_id=pad)
+            for i, row in zip(chunk, ids[:, length:].tolist()):
+                words = []
+                for t in row:
+                    if t in special:  # EOS ends the response; pad/unk cut it (unfinished)
+                        break
+                    words.append(tokenizer.convert_ids_to_tokens(t))
+                out[i].append(" ".join(words))
+    return out
+
+
+def preference_data(policy, tokenizer, world: TinyReviews, n_prompts: int, *, k: int = 4,
+                    annotators: Annotators | None = None, max_new_tokens: int = 40, seed: int = 0):
+    """Preference pairs over the policy's own responses, as InstructGPT collects them.
+
+    1. ``n_prompts`` instructions from ``world.instructions`` (the SFT task);
+    2. ``k`` responses each from the policy (:func:`sample_responses`);
+    3. one annotator ranking per instruction (:meth:`Annotators.rank`), expanded to its C(k, 2)
+       pairs (:func:`ranking_pairs`; identical responses are not compared).
+
+    Returns a ``datasets.Dataset`` in TRL's explicit-prompt preference format: ``prompt`` (the
+    instruction), ``chosen`` and ``rejected`` (``" " + response + " <eos>"``: TRL joins prompt and
+    completion as strings and would glue its own EOS to the last word), plus the truth for
+    evaluation: ``prompt_id``, ``gold_chosen``/``gold_rejected`` (:func:`gold_utility`),
+    ``len_chosen``/``len_rejected`` (words) and ``p_chosen`` (the annotators' exact probability of
+    preferring the chosen one, :meth:`Annotators.prob_prefer`).
+    """
+    from datasets import Dataset
+
+    annotators = annotators or Annotators()
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise ValueError(f"n_prompts must be an int >= 1, got {n_prompts!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        raise ValueError(f"k must be an int >= 2 (a ranking compares responses), got {k!r}")
+    instructions = [x for x, _ in world.instructions(n_prompts, seed=seed)]
+    gen = torch.Generator(device=_model_device(policy)).manual_seed(seed)
+    responses = sample_responses(policy, tokenizer, instructions, k, max_new_tokens=max_new_tokens, generator=gen)
+    rng = np.random.default_rng(seed)
+    eos = tokenizer.eos_token
+    rows = {c: [] for c in ("prompt", "chosen", "rejected", "prompt_id", "gold_chosen", "gold_rejected",
+                            "len_chosen", "len_rejected", "p_chosen")}
+    for pid, (x, ys) in enumerate(zip(instructions, responses)):
+        gold = np.array([gold_utility(world, x, y) for y in ys])
+        lens = np.array([len(y.split()) for y in ys])
+        u = annotators.utility(gold, lens)
+        for w, l in ranking_pairs(annotators.rank(u, rng)):
+            if ys[w] == ys[l]:
+                continue  # no preference between identical responses
+            rows["prompt"].append(x)
+            rows["chosen"].append(f" {ys[w]} {eos}")
+            rows["rejected"].append(f" {ys[l]} {eos}")
+            rows["prompt_id"].append(pid)
+            rows["gold_chosen"].append(float(gold[w]))
+            rows["gold_rejected"].append(float(gold[l]))
+            rows["len_chosen"].append(int(lens[w]))
+            rows["len_rejected"].append(int(lens[l]))
+            rows["p_chosen"].append(float(annotators.prob_prefer(u[w], u[l])))
+    return Dataset.from_dict(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. The Bradley-Terry loss and the score of a padded batch
+# ----------------------------------------------------------------------------------------------
+def _as_scores(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if not torch.is_floating_point(x):
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
+    return x
+
+
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The Bradley-Terry loss :math:`-\\frac1B\\sum_i \\log\\sigma(r(x_i, y_{w,i}) - r(x_i, y_{l,i}))`.
+
+    ``logsigmoid`` is computed stably for any margin (``log(sigmoid(-200.))`` is ``-inf`` in
+    float32; ``logsigmoid(-200.)`` is ``-200``). Same value as TRL ``RewardTrainer.compute_loss``.
+
+    Args:
+        r_chosen, r_rejected: scores of the preferred and the other response, shape ``(B,)``.
+
+    Returns:
+        ``(loss, info)``: the scalar loss and ``{"accuracy": share of pairs with r_w > r_l (ties
+        are not wins), "margin": mean r_w - r_l}``, computed without gradients.
+
+    Taught in chapter 6, "The Bradley-Terry model".
+    """
+    _as_scores(r_chosen, "r_chosen")
+    _as_scores(r_rejected, "r_rejected")
+    if r_chosen.shape != r_rejected.shape or r_chosen.dim() != 1 or r_chosen.numel() == 0:
+        raise ValueError(f"r_chosen and r_rejected must be non-empty (B,) tensors of one shape, "
+                         f"got {tuple(r_chosen.shape)} and {tuple(r_rejected.shape)}")
+    margin = r_chosen - r_rejected  # (B,)
+    loss = -F.logsigmoid(margin).mean()
+    with torch.no_grad():
+        info = {"accuracy": float((margin > 0).float().mean()), "margin": float(margin.mean())}
+    return loss, info
+
+
+def kwise_bradley_terry_loss(scores: torch.Tensor, rankings) -> torch.Tensor:
+    """InstructGPT's loss for K-wise rankings: every C(K, 2) pair of a prompt, in one batch element.
+
+    :math:`-\\frac{1}{P}\\sum_p \\binom{K}{2}^{-1} \\sum_{(w, l)} \\log\\sigma(r_{p,w} - r_{p,l})`:
+    each response is scored once (``scores`` ``(P, K)``), and all pairs of one prompt weigh as
+    one example, so the K responses of a prompt do not count C(K, 2) times (Ouyang et al., 2022).
+    ``rankings`` ``(P, K)``: response indices per prompt, best first.
+    """
+    _as_scores(scores, "scores")
+    rankings = torch.as_tensor(rankings, dtype=torch.long, device=scores.device)
+    if scores.dim() != 2 or rankings.shape != scores.shape or scores.shape[1] < 2:
+        raise ValueError(f"scores and rankings must both be (P, K) with K >= 2, got {tuple(scores.shape)} "
+                         f"and {tuple(rankings.shape)}")
+    ranked = scores.gather(1, rankings)  # (P, K): best first
+    w, l = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1, device=scores.device)  # pairs i < j
+    return -F.logsigmoid(ranked[:, w] - ranked[:, l]).mean()
+
+
+def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Read per-position values ``(B, T)`` at each row's last real token: ``(B,)``.
+
+    A causal model's value at position t has seen tokens 1..t only, so the whole response is
+    seen at its last token; with right padding that is at index ``attention_mask.sum(1) - 1``,
+    not at ``-1`` (a pad position). The index of the last 1 in the mask is used, so left padding
+    works too. ``GPT2ForSequenceClassification`` does the same with ``config.pad_token_id``.
+    """
+    _as_scores(values, "values")
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != values.shape:
+        raise ValueError(f"attention_mask must be a tensor of the values' shape {tuple(values.shape)}")
+    mask = attention_mask.to(values.device).bool()
+    if not mask.any(1).all():
+        raise ValueError("attention_mask has a row without any real token")
+    positions = torch.arange(values.shape[1], device=values.device)
+    last = torch.where(mask, positions, -1).max(1).values  # (B,) index of the last real token
+    return values.gather(1, last[:, None]).squeeze(1)
+
+
+def reward_model_from_lm(name: str = POLICY, *, seed: int = 0, device=None):
+    """A reward model initialised from a causal LM: ``(GPT2ForSequenceClassification, tokenizer)``.
+
+    The transformer's weights come from the LM (``rl4lmt.zoo`` name); the LM head is dropped and a
+    fresh linear head ``score`` (``num_labels=1``, no bias) is drawn with ``seed``.
+    ``config.pad_token_id`` is set so that the model reads the score at the last non-pad token.
+    """
+    from transformers import GPT2ForSequenceClassification
+
+    from rl4lmt import zoo
+    from rl4lmt.utils import get_device
+
+    lm, tokenizer = zoo.load(name, device="cpu")
+    config = lm.config
+    config.num_labels = 1
+    config.pad_token_id = tokenizer.pad_token_id
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)  # the fresh head is the only random part; restore the caller's RNG after
+    try:
+        rm = GPT2ForSequenceClassification(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    rm.transformer.load_state_dict(lm.transformer.state_dict())  # strict: every weight is the LM's
+    device = get_device() if device is None else torch.device(device)
+    return rm.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def score(rm, tokenizer, prompts, responses, *, batch_size: int = 256) -> torch.Tensor:
+    """Reward-model scores :math:`r(x, y)` of (prompt, response) pairs, ``(N,)`` float32 on the CPU.
+
+    Each pair is read as TRL's reward data is: ``<bos> prompt response <eos>``, right-padded; the
+    score is the sequence-classification logit at the last real token (the EOS).
+    """
+    from rl4lmt.utils import check_texts
+
+    prompts, responses = check_texts(prompts), check_texts(responses)
+    if len(prompts) != len(responses):
+        raise ValueError(f"prompts and responses must have one length, got {len(prompts)} and {len(responses)}")
+    device = _model_device(rm)
+    texts = [f"{x} {y} {tokenizer.eos_token}" for x, y in zip(prompts, responses)]
+    out = []
+    for i in range(0, len(texts), batch_size):
+        enc = tokenizer(texts[i:i + batch_size], padding=True, return_tensors="pt")
+        logits = rm(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device)).logits
+        out.append(logits[:, 0].float().cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Evaluation: accuracy, the Bayes ceiling
+# ----------------------------------------------------------------------------------------------
+def pairwise_accuracy(r_chosen, r_rejected) -> float:
+    """Share of pairs the reward model orders as the labels do: :math:`\\frac1B\\sum_i [r_{w,i} > r_{l,i}]`.
+
+    A tie is not a win (a constant reward model scores 0, not 1). Arrays or tensors ``(B,)``.
+    """
+    rc = np.asarray(r_chosen.detach().cpu() if isinstance(r_chosen, torch.Tensor) else r_chosen, np.float64)
+    rr = np.asarray(r_rejected.detach().cpu() if isinstance(r_rejected, torch.Tensor) else r_rejected, np.float64)
+    if rc.shape != rr.shape or rc.ndim != 1 or rc.size == 0:
+        raise ValueError(f"r_chosen and r_rejected must be non-empty 1-D arrays of one shape, got {rc.shape} and {rr.shape}")
+    return float(np.mean(rc > rr))
+
+
+def bayes_ceiling(p_chosen) -> float:
+    """The best pairwise accuracy any reward model can expect on these pairs: :math:`\\frac1B\\sum_i \\max(p_i, 1 - p_i)`.
+
+    ``p_chosen[i]`` is the annotators' probability of the recorded label (:meth:`Annotators.prob_prefer`);
+    the Bayes classifier predicts the likelier label of each pair, and is right with probability
+    :math:`\\max(p_i, 1 - p_i)` whatever label was drawn. Exact given the pairs, from the annotator model.
+    """
+    p = np.asarray(p_chosen, dtype=np.float64)
+    if p.ndim != 1 or p.size == 0 or np.any((p < 0) | (p > 1)):
+        raise ValueError("p_chosen must be a non-empty 1-D array of probabilities")
+    return float(np.mean(np.maximum(p, 1 - p)))
+
+
+def evaluate(rm, tokenizer, data) -> dict:
+    """Evaluate a reward model on held-out preference data from :func:`preference_data`.
+
+    Returns ``accuracy`` (against the annotators' labels), ``ceiling`` (:func:`bayes_ceiling`),
+    ``gold_accuracy`` (ordering pairs as the gold utility does; gold ties left out),
+    ``annotator_gold_accuracy`` (the labels themselves against gold), ``pearson``/``spearman``
+    (RM score against gold utility, over distinct responses), and the length slopes: the least-
+    squares slope per word of the RM score and of the gold utility, and ``rm_length_corr``.
+    """
+    from scipy import stats
+
+    rc = score(rm, tokenizer, data["prompt"], [c[: -len(tokenizer.eos_token)].strip() for c in data["chosen"]])
+    rr = score(rm, tokenizer, data["prompt"], [c[: -len(tokenizer.eos_token)].strip() for c in data["rejected"]])
+    gc, gr = np.asarray(data["gold_chosen"]), np.asarray(data["gold_rejected"])
+    lc, lr_ = np.asarray(data["len_chosen"]), np.asarray(data["len_rejected"])
+    differ = gc != gr
+    # one row per distinct (prompt, response) for correlations
+    seen, s, g, n = set(), [], [], []
+    for i, (x, c, r) in enumerate(zip(data["prompt"], data["chosen"], data["rejected"])):
+        for text, sc, gd, ln in ((c, rc[i], gc[i], lc[i]), (r, rr[i], gr[i], lr_[i])):
+            if (x, text) not in seen:
+                seen.add((x, text))
+                s.append(float(sc)), g.append(float(gd)), n.append(int(ln))
+    s, g, n = np.array(s), np.array(g), np.array(n)
+    return {
+        "n_pairs": len(gc),
+        "accuracy": pairwise_accuracy(rc, rr),
+        "ceiling": bayes_ceiling(data["p_chosen"]),
+        "gold_accuracy": float(np.mean(np.where(gc > gr, rc.numpy() > rr.numpy(), rr.numpy() > rc.numpy())[differ])),
+        "annotator_gold_accuracy": float(np.mean((gc > gr)[differ])),
+        "pearson": float(stats.pearsonr(s, g)[0]),
+        "spearman": float(stats.spearmanr(s, g)[0]),
+        "rm_length_slope": float(np.polyfit(n, s, 1)[0]),
+        "gold_length_slope": float(np.polyfit(n, g, 1)[0]),
+        "rm_length_corr": float(stats.pearsonr(n, s)[0]),
+        "gold_length_corr": float(stats.pearsonr(n, g)[0]),
+    }
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. Best-of-n
+# ----------------------------------------------------------------------------------------------
+def best_of_n(scores) -> torch.Tensor:
+    """Index of the best of ``n`` candidates per row: ``argmax`` over the last axis of ``(M, n)`` scores.
+
+    Ties go to the first candidate. The simplest policy improvement with a reward model: sample
+    n responses, keep the one the reward model likes most.
+    """
+    scores = torch.as_tensor(scores)
+    if scores.dim() != 2 or scores.shape[1] == 0:
+        raise ValueError(f"scores must be (M, n) with n >= 1, got shape {tuple(scores.shape)}")
+    return scores.argmax(dim=1)
+
+
+def best_of_n_kl(n: int) -> float:
+    """:math:`\\mathrm{KL}(\\pi_{\\mathrm{BoN}} \\Vert \\pi) = \\log n - \\frac{n - 1}{n}` (nats).
+
+    Exact when the ranking score is continuous under :math:`\\pi` (no ties, every single response
+    improbable), an upper bound otherwise (Beirami et al., 2024). The x-axis of Gao et al.'s
+    (2022) over-optimisation curves: best-of-n buys reward with little KL (log n grows slowly).
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    return math.log(n) - (n - 1) / n
+
+
+def best_of_n_expectation(proxy, values, n: int) -> np.ndarray:
+    """Expected ``values`` of the best-of-``n`` (by ``proxy``) among N >= n samples, per row ``(M,)``.
+
+    The unbiased estimator of Gao et al. (2022, appendix): with a row's N samples sorted by proxy,
+    a random n-subset's best is the i-th smallest with probability :math:`\\binom{i-1}{n-1}/\\binom{N}{n}`,
+    so every n-subset of the N samples is averaged over exactly, without resampling.
+    """
+    proxy, values = np.asarray(proxy, np.float64), np.asarray(values, np.float64)
+    if proxy.shape != values.shape or proxy.ndim != 2:
+        raise ValueError(f"proxy and values must both be (M, N), got {proxy.shape} and {values.shape}")
+    N = proxy.shape[1]
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= N:
+        raise ValueError(f"n must be an int in [1, N={N}], got {n!r}")
+    order = np.argsort(proxy, axis=1, kind="stable")
+    v = np.take_along_axis(values, order, axis=1)  # ascending proxy
+    i = np.arange(1, N + 1)
+    # log C(i-1, n-1) - log C(N, n), 0 weight where i < n
+    with np.errstate(divide="ignore"):
+        logw = np.where(i >= n, _log_comb(i - 1, n - 1) - _log_comb(N, n), -np.inf)
+    w = np.exp(logw)
+    return v @ w
+
+
+def _log_comb(a, b):
+    from scipy.special import gammaln
+
+    a = np.asarray(a, np.float64)
+    return gammaln(a + 1) - gammaln(b + 1) - gammaln(np.maximum(a - b, 0) + 1)
+
+
+def best_of_n_kl_monte_carlo(world: TinyReviews, utility, n: int, *, n_reference: int = 4000,
+                             n_draws: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """Monte Carlo :math:`\\mathrm{KL}(\\pi_{\\mathrm{BoN}} \\Vert \\pi)` for best-of-n over world reviews.
+
+    Candidates are ordered totally by ``(utility(text), text)``; then the best of n is ``y``
+    with probability :math:`\\pi_{\\mathrm{BoN}}(y) = F(y)^n - (F(y) - \\pi(y))^n`, where
+    :math:`F(y) = P_\\pi(Y \\preceq y)`. :math:`\\pi(y)` is the world's exact probability; F is the
+    empirical CDF of ``n_reference`` world samples. The estimate is the mean of
+    :math:`\\log\\pi_{\\mathrm{BoN}}(y) - \\log\\pi(y)` over ``n_draws`` best-of-n draws.
+
+    Returns ``(kl, standard_error)``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1, got {n!r}")
+    ref = world.sample(n_reference, seed=seed)
+    ref_keys = sorted((float(utility(t)), t) for t in ref)
+    draws = world.sample(n_draws * n, seed=seed + 1)
+    best = [max(draws[j * n:(j + 1) * n], key=lambda t: (float(utility(t)), t)) for j in range(n_draws)]
+    import bisect
+
+    out = []
+    for y in best:
+        key = (float(utility(y)), y)
+        F_y = bisect.bisect_right(ref_keys, key) / n_reference  # empirical P(Y <= y)
+        p_y = math.exp(world.logprob(y))
+        F_y = max(F_y, p_y)  # the CDF includes y's own mass
+        lp_bon = math.log(F_y ** n - max(F_y - p_y, 0.0) ** n)
+        out.append(lp_bon - math.log(p_y))
+    out = np.array(out)
+    return float(out.mean()), float(out.std(ddof=1) / math.sqrt(len(out)))
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Training: a from-scratch loop (the page) and TRL's RewardTrainer (the shipped model)
+# ----------------------------------------------------------------------------------------------
+def train_bradley_terry(rm, tokenizer, data, *, steps: int = 100, batch_size: int = 32, lr: float = 1e-3,
+                        seed: int = 0, progress: bool = True) -> list[dict]:
+    """A from-scratch Bradley-Terry training loop: Adam on :func:`bradley_terry_loss`.
+
+    Each step draws ``batch_size`` pairs, runs chosen and rejected through the model in one
+    padded batch (chosen first, as TRL's collator does), reads each score at the last real token
+    and takes one optimiser step. ``rm`` is trained in place; returns per-step ``(loss, info)`` dicts.
+    """
+    from tqdm.auto import tqdm
+
+    device = _model_device(rm)
+    gen = np.random.default_rng(seed)
+    texts_c = [x + c for x, c in zip(data["prompt"], data["chosen"])]
+    texts_r = [x + r for x, r in zip(data["prompt"], data["rejected"])]
+    opt = torch.optim.Adam(rm.parameters(), lr=lr)
+    rm.train()
+    history = []
+    for _ in tqdm(range(steps), disable=not progress, desc="Bradley-Terry", mininterval=1.0):
+        idx = gen.integers(0, len(texts_c), batch_size)
+        enc = tokenizer([texts_c[i] for i in idx] + [texts_r[i] for i in idx], padding=True, return_tensors="pt")
+        ids, am = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        hidden = rm.transformer(input_ids=ids, attention_mask=am).last_hidden_state  # (2B, T, d)
+        values = rm.score(hidden).squeeze(-1)  # (2B, T): a score at every position
+        r = last_token_scores(values, am)  # (2B,)
+        loss, info = bradley_terry_loss(r[:batch_size], r[batch_size:])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        history.append({"loss": loss.item(), **info})
+    rm.eval()
+    return history
+
+
+@dataclass
+class RewardModelConfig:
+    """Data and training recipe of the shipped reward model (``python -m rl4lmt.reward train``)."""
+
+    policy: str = POLICY
+    """The SFT policy that writes the responses, and the reward model's initialisation."""
+    n_prompts: int = 3000
+    """Training instructions; each gives C(k, 2) pairs."""
+    n_eval_prompts: int = 500
+    """Held-out instructions (a different seed) for the reported numbers."""
+    k: int = 4
+    """Responses ranked per instruction (InstructGPT used 4 to 9)."""
+    beta: float = 10.0
+    noise: float = 0.1
+    length_bias: float = 0.02
+    epochs: float = 2.0
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int = 1
+    """One thread: the same seed gives the same weights (and 2 threads on a shared machine are slower)."""
+    annotators: Annotators = field(init=False)
+
+    def __post_init__(self):
+        self.annotators = Annotators(beta=self.beta, noise=self.noise, length_bias=self.length_bias)
+
+
+def train(out_dir=None, cfg: RewardModelConfig | None = None, progress: bool = True) -> dict:
+    """Train the reward model with TRL's ``RewardTrainer`` and save it (and ``training.json``) to ``out_dir``.
+
+    Preference data from :func:`preference_data` (the policy's own responses), a reward model
+    from :func:`reward_model_from_lm`, ``RewardTrainer`` with a linear-decay schedule; then the
+    held-out evaluation of :func:`evaluate`. Seeded end to end: the same command rebuilds the
+    same bytes on the same machine.
+    """
+    import tempfile
+
+    from transformers.utils import logging as hf_logging
+    from trl import RewardConfig, RewardTrainer
+
+    from rl4lmt import zoo
+    from rl4lmt.utils import set_seed
+
+    cfg = cfg or RewardModelConfig()
+    out_dir = Path(out_dir) if out_dir is not None else zoo.checkpoint_dir("tiny-reviews-rm")
+    torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    t0 = time.perf_counter()
+    world = TinyReviews(seed=cfg.seed)
+    policy, tokenizer = zoo.load(cfg.policy, device="cpu")
+    train_data = preference_data(policy, tokenizer, world, cfg.n_prompts, k=cfg.k,
+                                 annotators=cfg.annotators, seed=cfg.seed)
+    eval_data = preference_data(policy, tokenizer, world, cfg.n_eval_prompts, k=cfg.k,
+                                annotators=cfg.annotators, seed=cfg.seed + 10_000)
+    t_data = time.perf_counter() - t0
+    rm, tokenizer = reward_model_from_lm(cfg.policy, seed=cfg.seed, device="cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        args = RewardConfig(
+            output_dir=tmp, num_train_epochs=cfg.epochs, per_device_train_batch_size=cfg.batch_size,
+            learning_rate=cfg.lr, weight_decay=cfg.weight_decay, lr_scheduler_type="linear", warmup_steps=0,
+            seed=cfg.seed, data_seed=cfg.seed, logging_steps=50, save_strategy="no", report_to="none",
+            use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0, max_length=None,
+        )
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            trainer = RewardTrainer(model=rm, args=args, train_dataset=train_data, processing_class=tokenizer)
+            result = trainer.train()
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        history = [h for h in trainer.state.log_history if "loss" in h]
+    t_train = time.perf_counter() - t0 - t_data
+    rm = trainer.model.eval()
+    metrics = evaluate(rm, tokenizer, eval_data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rm.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {
+        "config": {k: v for k, v in asdict(cfg).items() if k != "annotators"},
+        "n_train_pairs": len(train_data), "n_eval_pairs": len(eval_data),
+        "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1),
+        "train_loss": result.training_loss, "eval": metrics,
+        "log": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in history],
+    }
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def _main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m rl4lmt.reward", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="rebuild the shipped tiny-reviews-rm reward model")
+    p_train.add_argument("--out", default=None, help="output folder (default: the package's checkpoint)")
+    for name, default in asdict(RewardModelConfig()).items():
+        if name != "annotators":
+            p_train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    args = parser.parse_args(argv)
+    if args.command == "train":
+        fields = [f for f in asdict(RewardModelConfig()) if f != "annotators"]
+        report = train(args.out, RewardModelConfig(**{f: getattr(args, f) for f in fields}))
+        print(json.dumps({k: v for k, v in report.items() if k != "log"}, indent=1))
+
+
+if __name__ == "__main__":
+    _main()
