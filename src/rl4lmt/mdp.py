@@ -24,6 +24,12 @@ Bandits (the model is unknown; one state, k arms): :func:`incremental_update`
 (NewEstimate = OldEstimate + StepSize [Target - OldEstimate]), :func:`epsilon_greedy`,
 :func:`ucb_scores`, the batched :class:`BanditAgent` and :func:`run_bandit`, which runs
 thousands of independent testbeds side by side with numpy.
+
+Learning from experience (the model is unknown; (P, R) only serve as a simulator that the
+algorithms sample from): :func:`sample_episode`, first-visit Monte Carlo prediction
+(:func:`mc_prediction`), TD(0) prediction (:func:`td_prediction`), and tabular Q-learning and
+SARSA (:func:`td_control`), checked in the tests against :func:`policy_evaluation` and
+:func:`value_iteration`.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ __all__ = [
     "check_mdp", "policy_matrix", "q_from_v", "greedy_policy", "policy_evaluation",
     "value_iteration", "policy_iteration", "incremental_update", "epsilon_greedy",
     "ucb_scores", "BanditAgent", "BanditResult", "run_bandit",
+    "sample_episode", "mc_prediction", "td_prediction", "TDControlResult", "td_control",
 ]
 
 
@@ -310,3 +317,203 @@ def run_bandit(agent: BanditAgent, steps: int = 1000, seed: int = 0, drift: floa
         if drift > 0:  # non-stationary testbed: every q*(a) takes a random-walk step
             q_star = q_star + rng.normal(0.0, drift, size=q_star.shape)
     return BanditResult(rewards=rewards, optimal=optimal)
+
+
+# ----------------------------------------------------------------------------------------
+# Learning from experience: Monte Carlo and temporal-difference methods (model-free)
+# ----------------------------------------------------------------------------------------
+# These algorithms never read P or R. They only *sample* transitions from them, as an agent
+# interacting with an environment would: (P, R) serve as a simulator. That keeps the code short
+# and lets the tests compare what is learned with the exact answers of the planning functions.
+def _check_episodes(episodes) -> int:
+    if isinstance(episodes, bool) or not isinstance(episodes, (int, np.integer)) or episodes < 1:
+        raise ValueError(f"episodes must be a positive int, got {episodes!r}")
+    return int(episodes)
+
+
+def _check_step_size(alpha) -> float | None:
+    if alpha is None:
+        return None
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha <= 1:
+        raise ValueError(f"alpha must be in (0, 1] or None (1/n step sizes), got {alpha!r}")
+    return float(alpha)
+
+
+def _draw(cum: np.ndarray, rng: np.random.Generator) -> int | None:
+    """Index drawn from the cumulative probabilities ``cum``; ``None`` for the missing mass."""
+    u = rng.random()
+    return None if u >= cum[-1] else int(np.searchsorted(cum, u, side="right"))
+
+
+def _step_size(alpha: float | None, n: float) -> float:
+    """A constant ``alpha``, or ``1 / n**0.7`` for the n-th update of an estimate when ``alpha`` is None.
+
+    Any exponent in (0.5, 1] satisfies the Robbins-Monro conditions; 1/n itself makes Q-learning
+    converge very slowly when gamma is close to 1 (Even-Dar & Mansour, 2003), so we use 0.7.
+    """
+    return alpha if alpha is not None else n ** -0.7
+
+
+def sample_episode(
+    P: np.ndarray, R: np.ndarray, policy: np.ndarray, rng: np.random.Generator,
+    start: int | None = None, max_steps: int = 1_000,
+) -> tuple[list[int], list[int], list[float]]:
+    """One episode ``S_0, A_0, R_1, S_1, ..., A_{T-1}, R_T`` of ``policy`` in the MDP ``(P, R)``.
+
+    ``start`` is the first state (``None``: uniformly random, "exploring starts"). The episode
+    ends when the sampled next state is "none" (probability ``1 - sum_s' P[s, a, s']``) or after
+    ``max_steps`` steps. Rewards are the expected rewards ``R[s, a]`` (the book's gridworld pays
+    deterministic rewards). Returns ``(states, actions, rewards)``, all of length ``T``.
+    """
+    P, R, _ = check_mdp(P, R, 1.0)
+    S, A = R.shape
+    pi = policy_matrix(policy, S, A)
+    s = int(rng.integers(S)) if start is None else int(start)
+    states, actions, rewards = [], [], []
+    cum_pi, cum_P = np.cumsum(pi, axis=1), np.cumsum(P, axis=2)
+    cum_pi[:, -1] = 1.0  # rows of pi sum to one; guard against round-off
+    for _ in range(int(max_steps)):
+        a = _draw(cum_pi[s], rng)
+        states.append(s)
+        actions.append(a)
+        rewards.append(float(R[s, a]))
+        s = _draw(cum_P[s, a], rng)  # None: the missing mass, the episode ends
+        if s is None:
+            break
+    return states, actions, rewards
+
+
+def mc_prediction(
+    P: np.ndarray, R: np.ndarray, policy: np.ndarray, gamma: float, episodes: int,
+    *, start: int | None = None, seed: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """First-visit Monte Carlo prediction of ``v_pi`` (Sutton & Barto, section 5.1).
+
+    For every episode, walk backwards accumulating ``G_t = R_{t+1} + gamma G_{t+1}`` and, at the
+    first visit of each state, add ``G_t`` to that state's sample average:
+    ``V(s) <- V(s) + (G_t - V(s)) / N(s)``. No bootstrapping: each target is a real return.
+    Returns ``(V, N)``, the estimates and the number of returns averaged into each.
+    """
+    P, R, gamma = check_mdp(P, R, gamma)
+    rng = np.random.default_rng(seed)
+    V, N = np.zeros(R.shape[0]), np.zeros(R.shape[0])
+    for _ in range(_check_episodes(episodes)):
+        states, _, rewards = sample_episode(P, R, policy, rng, start)
+        first = {}
+        for t, s in enumerate(states):
+            first.setdefault(s, t)
+        G = 0.0
+        for t in range(len(states) - 1, -1, -1):
+            G = rewards[t] + gamma * G
+            s = states[t]
+            if first[s] == t:
+                N[s] += 1
+                V[s] += (G - V[s]) / N[s]
+    return V, N
+
+
+def td_prediction(
+    P: np.ndarray, R: np.ndarray, policy: np.ndarray, gamma: float, episodes: int,
+    *, alpha: float | None = 0.1, start: int | None = None, seed: int | None = None,
+) -> np.ndarray:
+    """TD(0) prediction of ``v_pi`` (Sutton & Barto, section 6.1):
+
+    ``V(S_t) <- V(S_t) + alpha [R_{t+1} + gamma V(S_{t+1}) - V(S_t)]``, with ``V = 0`` after
+    the episode ends. The target *bootstraps* on the current estimate of the next state, so it
+    can update after every step. ``alpha=None`` uses ``1/n**0.7`` for the n-th update of a state.
+    """
+    P, R, gamma = check_mdp(P, R, gamma)
+    alpha = _check_step_size(alpha)
+    rng = np.random.default_rng(seed)
+    S, A = R.shape
+    pi = policy_matrix(policy, S, A)
+    cum_pi, cum_P = np.cumsum(pi, axis=1), np.cumsum(P, axis=2)
+    cum_pi[:, -1] = 1.0
+    V, N = np.zeros(S), np.zeros(S)
+    for _ in range(_check_episodes(episodes)):
+        s = int(rng.integers(S)) if start is None else int(start)
+        for _ in range(1_000):
+            a = _draw(cum_pi[s], rng)
+            s_next = _draw(cum_P[s, a], rng)
+            target = R[s, a] + (gamma * V[s_next] if s_next is not None else 0.0)  # bootstrap
+            N[s] += 1
+            V[s] += _step_size(alpha, N[s]) * (target - V[s])
+            if s_next is None:
+                break
+            s = s_next
+    return V
+
+
+@dataclass
+class TDControlResult:
+    """What :func:`td_control` learned: ``Q`` ``(S, A)``, the return of every episode and,
+    if ``Q_star`` was given, ``max |Q - Q_star|`` after every episode."""
+
+    Q: np.ndarray
+    returns: np.ndarray
+    errors: np.ndarray
+
+
+def td_control(
+    P: np.ndarray, R: np.ndarray, gamma: float, episodes: int, *, method: str = "q_learning",
+    alpha: float | None = 0.1, epsilon: float = 0.1, start: int | None = None,
+    Q_star: np.ndarray | None = None, max_steps: int = 1_000, seed: int | None = None,
+) -> TDControlResult:
+    """Tabular TD control with an epsilon-greedy behaviour policy (Sutton & Barto, 6.4-6.5).
+
+    After each step ``(S, A, R, S')`` the estimate moves towards a one-step target:
+
+    * Q-learning (off-policy, Watkins & Dayan 1992): ``R + gamma max_a' Q(S', a')``; it learns
+      ``q_*`` whatever exploratory policy collects the data.
+    * SARSA (on-policy, Rummery & Niranjan 1994): ``R + gamma Q(S', A')`` with ``A'`` the action
+      the epsilon-greedy policy really takes next; it learns the values of that policy,
+      exploration included.
+
+    ``Q(S, A) <- Q(S, A) + alpha [target - Q(S, A)]`` with a constant ``alpha``, or ``1/n**0.7``
+    for the n-th update of a pair when ``alpha=None``. After the episode ends the target is ``R``.
+    ``start=None`` starts every episode in a uniformly random state (exploring starts).
+    """
+    P, R, gamma = check_mdp(P, R, gamma)
+    if method not in ("q_learning", "sarsa"):
+        raise ValueError(f"method must be 'q_learning' or 'sarsa', got {method!r}")
+    alpha = _check_step_size(alpha)
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 <= epsilon <= 1:
+        raise ValueError(f"epsilon must be in [0, 1], got {epsilon!r}")
+    episodes = _check_episodes(episodes)
+    rng = np.random.default_rng(seed)
+    S, A = R.shape
+    cum_P = np.cumsum(P, axis=2)
+    Q, N = np.zeros((S, A)), np.zeros((S, A))
+    returns, errors = np.zeros(episodes), np.full(episodes, np.nan)
+
+    def act(s: int) -> int:
+        if rng.random() < epsilon:
+            return int(rng.integers(A))
+        best = np.flatnonzero(Q[s] == Q[s].max())
+        return int(rng.choice(best))  # break ties at random, or an untried action may never be tried
+
+    for i in range(episodes):
+        s = int(rng.integers(S)) if start is None else int(start)
+        a = act(s)
+        G, discount = 0.0, 1.0
+        for _ in range(int(max_steps)):
+            r = R[s, a]
+            G += discount * r
+            discount *= gamma
+            s_next = _draw(cum_P[s, a], rng)
+            a_next = act(s_next) if s_next is not None else None
+            if s_next is None:
+                target = r
+            elif method == "q_learning":
+                target = r + gamma * Q[s_next].max()
+            else:
+                target = r + gamma * Q[s_next, a_next]
+            N[s, a] += 1
+            Q[s, a] += _step_size(alpha, N[s, a]) * (target - Q[s, a])
+            if s_next is None:
+                break
+            s, a = s_next, a_next
+        returns[i] = G
+        if Q_star is not None:
+            errors[i] = np.abs(Q - Q_star).max()
+    return TDControlResult(Q, returns, errors)
