@@ -254,3 +254,84 @@ def test_constant_step_size_wins_on_a_drifting_bandit():
     avg = mdp.run_bandit(mdp.BanditAgent(10, 300, epsilon=0.1), steps=3000, seed=1, drift=0.01)
     const = mdp.run_bandit(mdp.BanditAgent(10, 300, epsilon=0.1, alpha=0.1), steps=3000, seed=1, drift=0.01)
     assert const.percent_optimal()[-1000:].mean() > avg.percent_optimal()[-1000:].mean() + 5
+
+
+# ------------------------------------------------------------- learning from experience
+def test_mc_and_td_prediction_converge_to_policy_evaluation():
+    env = grid(slip=0.2, step_reward=-0.04)
+    P, R = env.transition_model()
+    uniform = np.full(R.shape, 0.25)
+    exact = mdp.policy_evaluation(P, R, uniform, gamma=0.9)
+    V_mc, N = mdp.mc_prediction(P, R, uniform, 0.9, 4000, seed=0)
+    # Monte Carlo: sample averages of real returns; each state's error is within ~4 standard errors
+    # (the returns of this grid lie in [-1.5, 1], so their standard deviation is at most 1.25)
+    assert np.all(np.abs(V_mc - exact) <= 4 * 1.25 / np.sqrt(N))
+    V_td = mdp.td_prediction(P, R, uniform, 0.9, 4000, alpha=None, seed=0)
+    np.testing.assert_allclose(V_td, exact, atol=0.08)
+
+
+def test_sample_episode_follows_the_model():
+    env = grid()  # deterministic: the optimal policy walks the lecture's path
+    P, R = env.transition_model()
+    _, pi = mdp.value_iteration(P, R, gamma=0.9)
+    states, actions, rewards = mdp.sample_episode(P, R, pi, np.random.default_rng(0), start=env.start_state)
+    cells = [env.cells[s] for s in states]
+    assert cells[0] == (1, 1) and cells[-1] == (4, 3)
+    assert len(states) == 6 and rewards == [0.0] * 5 + [1.0]
+
+
+def test_q_learning_reaches_value_iterations_q_star():
+    # deterministic grid: with alpha = 0.5 every backup is exact in expectation -> Q* to round-off
+    env = grid()
+    P, R = env.transition_model()
+    V, _ = mdp.value_iteration(P, R, gamma=0.9)
+    Q_star = mdp.q_from_v(P, R, V, 0.9)
+    res = mdp.td_control(P, R, 0.9, 3000, alpha=0.5, epsilon=0.3, Q_star=Q_star, seed=0)
+    np.testing.assert_allclose(res.Q, Q_star, atol=1e-5)
+    assert res.errors[-1] < res.errors[10]
+    # slippery grid with step cost: decaying step sizes; the greedy policy is optimal
+    env = grid(slip=0.2, step_reward=-0.04)
+    P, R = env.transition_model()
+    V, pi_star = mdp.value_iteration(P, R, gamma=0.9)
+    Q_star = mdp.q_from_v(P, R, V, 0.9)
+    res = mdp.td_control(P, R, 0.9, 6000, alpha=None, epsilon=0.3, seed=1)
+    np.testing.assert_allclose(res.Q, Q_star, atol=0.15)
+    V_greedy = mdp.policy_evaluation(P, R, mdp.greedy_policy(res.Q), 0.9)
+    np.testing.assert_allclose(V_greedy, V, atol=1e-3)
+
+
+def test_sarsa_learns_the_values_of_its_epsilon_greedy_policy():
+    # SARSA's fixed point is the optimal *epsilon-soft* action value: the Bellman equation in
+    # which the next action is greedy with probability 1 - eps and uniform with probability eps.
+    # Computed here by plain iteration of that equation (independent of td_control).
+    env = grid(slip=0.1, step_reward=-0.04)
+    P, R = env.transition_model()
+    eps, gamma = 0.2, 0.9
+    Q_soft = np.zeros(R.shape)
+    for _ in range(2000):
+        v_next = (1 - eps) * Q_soft.max(1) + eps * Q_soft.mean(1)
+        Q_soft = R + gamma * P @ v_next
+    V, _ = mdp.value_iteration(P, R, gamma)
+    Q_star = mdp.q_from_v(P, R, V, gamma)
+    assert np.abs(Q_soft - Q_star).max() > 0.1  # the two targets differ: the test can tell them apart
+    res = mdp.td_control(P, R, gamma, 6000, method="sarsa", alpha=None, epsilon=eps, seed=2)
+    # on average SARSA sits much closer to the epsilon-soft values than to q_*
+    assert np.abs(res.Q - Q_soft).mean() < 0.4 * np.abs(res.Q - Q_star).mean()
+    np.testing.assert_allclose(res.Q, Q_soft, atol=0.15)
+
+
+def test_learning_from_experience_rejects_bad_input():
+    P, R = grid().transition_model()
+    with pytest.raises(ValueError, match="method"):
+        mdp.td_control(P, R, 0.9, 10, method="expected_sarsa")
+    with pytest.raises(ValueError, match="alpha"):
+        mdp.td_control(P, R, 0.9, 10, alpha=0.0)
+    with pytest.raises(ValueError, match="epsilon"):
+        mdp.td_control(P, R, 0.9, 10, epsilon=1.5)
+    with pytest.raises(ValueError, match="episodes"):
+        mdp.mc_prediction(P, R, np.zeros(R.shape[0], dtype=int), 0.9, 0)
+    with pytest.raises(ValueError, match="gamma"):
+        mdp.td_prediction(P, R, np.zeros(R.shape[0], dtype=int), 1.5, 10)
+    a = mdp.td_control(P, R, 0.9, 50, seed=3).Q
+    b = mdp.td_control(P, R, 0.9, 50, seed=3).Q
+    np.testing.assert_array_equal(a, b)
