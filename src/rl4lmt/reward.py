@@ -521,7 +521,9 @@ def best_of_n_kl_monte_carlo(world: TinyReviews, utility, n: int, *, n_reference
         F_y = bisect.bisect_right(ref_keys, key) / n_reference  # empirical P(Y <= y)
         p_y = math.exp(world.logprob(y))
         F_y = max(F_y, p_y)  # the CDF includes y's own mass
-        lp_bon = math.log(F_y ** n - max(F_y - p_y, 0.0) ** n)
+        # log(F^n - (F - p)^n) = n log F + log(1 - (1 - p/F)^n), stable when p << F
+        ratio = min(p_y / F_y, 1.0)
+        lp_bon = n * math.log(F_y) + (0.0 if ratio == 1.0 else math.log(-math.expm1(n * math.log1p(-ratio))))
         out.append(lp_bon - math.log(p_y))
     out = np.array(out)
     return float(out.mean()), float(out.std(ddof=1) / math.sqrt(len(out)))

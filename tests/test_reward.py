@@ -1,0 +1,333 @@
+"""Tests of rl4lmt.reward against independent references.
+
+- the Bradley-Terry loss and the last-token score against TRL's RewardTrainer.compute_loss and
+  transformers' GPT2ForSequenceClassification on the same padded batch;
+- the K-wise loss against a loop over all C(K, 2) pairs;
+- the annotators' Plackett-Luce rankings against the Bradley-Terry pair probabilities (Monte Carlo,
+  tolerance of 4.5 standard errors), the Bayes ceiling against every possible classifier;
+- best-of-n: the expectation estimator against enumerating every n-subset, the KL formula against
+  an exact computation on a fine discrete distribution and against a Monte Carlo estimate with the
+  world's exact probabilities;
+- the preference data against a recomputation from the world; the shipped reward model on fresh
+  held-out pairs against the Bayes ceiling.
+"""
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from rl4lmt import reward, zoo
+from rl4lmt.world import TinyReviews
+
+
+@pytest.fixture(scope="module")
+def world():
+    return TinyReviews()
+
+
+@pytest.fixture(scope="module")
+def rm_and_tok():
+    torch.set_num_threads(1)
+    return reward.reward_model_from_lm("tiny-reviews", seed=0, device="cpu")
+
+
+TRIPLES = {
+    "prompt": ["write a positive review about the music :", "write a very negative review about the acting :",
+               "write a negative review about the plot :"],
+    "chosen": [" the music was great . <eos>", " the acting was awful . avoid it . <eos>", " i hated the plot . <eos>"],
+    "rejected": [" the music was bad , but the plot was very good . a must see . <eos>", " <eos>",
+                 " the plot was good . <eos>"],
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# loss and scores against TRL and transformers
+# ----------------------------------------------------------------------------------------------
+def test_bradley_terry_loss_equals_trl_reward_trainer(rm_and_tok, tmp_path):
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    rm, tok = rm_and_tok
+    args = RewardConfig(output_dir=str(tmp_path), report_to="none", use_cpu=True, per_device_train_batch_size=3)
+    trainer = RewardTrainer(model=rm, args=args, train_dataset=Dataset.from_dict(TRIPLES), processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
+    # the rows TRL built: <bos> prompt response <eos>, right-padded, chosen first
+    assert batch["input_ids"].shape[0] == 6 and (batch["attention_mask"][:, -1] == 0).any()
+    trainer.model.eval()
+    with torch.no_grad():
+        want = trainer.compute_loss(trainer.model, dict(batch))
+        hidden = rm.transformer(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        r = reward.last_token_scores(rm.score(hidden).squeeze(-1), batch["attention_mask"])
+        got, info = reward.bradley_terry_loss(r[:3], r[3:])
+    torch.testing.assert_close(got, want)
+    assert info["accuracy"] == float((r[:3] > r[3:]).float().mean())
+    # and rl4lmt.reward.score reads the same numbers from the texts
+    s_c = reward.score(rm, tok, TRIPLES["prompt"], [c[:-6].strip() for c in TRIPLES["chosen"]])
+    torch.testing.assert_close(s_c, r[:3].float())
+
+
+def test_last_token_scores_equal_sequence_classification(rm_and_tok):
+    rm, tok = rm_and_tok
+    enc = tok(["the movie was good .", "i hated it", "the plot was not very clever , but the ending was moving ."],
+              padding=True, return_tensors="pt")
+    with torch.no_grad():
+        want = rm(**enc).logits[:, 0]
+        values = rm.score(rm.transformer(**enc).last_hidden_state).squeeze(-1)
+    torch.testing.assert_close(reward.last_token_scores(values, enc["attention_mask"]), want)
+    # the classic mistake reads the pad position
+    assert not torch.allclose(values[:, -1], want)
+    # left padding: the last real token is the last column
+    left = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    v = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+    torch.testing.assert_close(reward.last_token_scores(v, left), torch.tensor([3.0, 6.0]))
+    torch.testing.assert_close(reward.last_token_scores(v, torch.tensor([[1, 0, 0], [1, 1, 0]])), torch.tensor([1.0, 5.0]))
+    with pytest.raises(ValueError, match="attention_mask"):
+        reward.last_token_scores(v, torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="attention_mask"):
+        reward.last_token_scores(v, torch.ones(2, 2))
+
+
+def test_bradley_terry_loss_is_stable_and_checks_input():
+    rc = torch.tensor([0.0, 200.0, -200.0], dtype=torch.float32)
+    rr = torch.zeros(3)
+    loss, info = reward.bradley_terry_loss(rc, rr)
+    # -log sigma(m) for m = 0, 200, -200: log 2, ~0, 200 (log(sigmoid(-200)) is -inf in float32)
+    want = (math.log(2) + 0.0 + 200.0) / 3
+    assert math.isfinite(loss.item()) and abs(loss.item() - want) < 1e-4
+    assert torch.isinf(torch.log(torch.sigmoid(torch.tensor(-200.0))))
+    assert info["accuracy"] == pytest.approx(1 / 3)  # the tie (margin 0) is not a win
+    # gradient: d/dm of -log sigma(m) = -(1 - sigma(m)), averaged over B
+    rc = torch.tensor([1.0, -2.0], requires_grad=True)
+    reward.bradley_terry_loss(rc, torch.zeros(2))[0].backward()
+    torch.testing.assert_close(rc.grad, -(1 - torch.sigmoid(torch.tensor([1.0, -2.0]))) / 2)
+    with pytest.raises(ValueError, match="r_chosen"):
+        reward.bradley_terry_loss(torch.zeros(3), torch.zeros(2))
+    with pytest.raises(TypeError, match="r_chosen"):
+        reward.bradley_terry_loss(torch.zeros(3, dtype=torch.long), torch.zeros(3))
+    with pytest.raises(TypeError, match="r_rejected"):
+        reward.bradley_terry_loss(torch.zeros(3), [0.0, 0.0, 0.0])
+
+
+def test_kwise_loss_is_the_mean_over_all_pairs():
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(5, 4, generator=g)
+    rankings = torch.stack([torch.randperm(4, generator=g) for _ in range(5)])
+    terms = []
+    for p in range(5):
+        for w, l in reward.ranking_pairs(rankings[p].tolist()):
+            terms.append(-math.log(1 / (1 + math.exp(-(scores[p, w] - scores[p, l]).item()))))
+    assert len(terms) == 5 * math.comb(4, 2)
+    assert reward.kwise_bradley_terry_loss(scores, rankings).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+    # K = 2 is the pairwise loss
+    two = torch.tensor([[0.3, -1.2], [2.0, 0.5]])
+    got = reward.kwise_bradley_terry_loss(two, torch.tensor([[0, 1], [1, 0]]))
+    want = reward.bradley_terry_loss(torch.tensor([0.3, 0.5]), torch.tensor([-1.2, 2.0]))[0]
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="rankings"):
+        reward.kwise_bradley_terry_loss(scores, rankings[:, :3])
+
+
+def test_ranking_pairs():
+    assert reward.ranking_pairs([2, 0, 1]) == [(2, 0), (2, 1), (0, 1)]
+    assert len(reward.ranking_pairs(list(range(6)))) == 15
+    with pytest.raises(ValueError, match="ranking"):
+        reward.ranking_pairs([1, 1])
+
+
+# ----------------------------------------------------------------------------------------------
+# annotators, accuracy, ceiling
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("noise", [0.0, 0.2])
+def test_plackett_luce_rankings_have_bradley_terry_pairs(noise):
+    ann = reward.Annotators(beta=2.0, noise=noise, length_bias=0.0)
+    u = np.array([0.0, 0.3, 1.0, -0.5])
+    rng = np.random.default_rng(1)
+    n = 20_000
+    above = np.zeros((4, 4))
+    for _ in range(n):
+        pos = np.empty(4, int)
+        pos[ann.rank(u, rng)] = np.arange(4)
+        above += pos[:, None] < pos[None, :]
+    for i, j in itertools.combinations(range(4), 2):
+        p = 1 / (1 + math.exp(-2.0 * (u[i] - u[j])))
+        p = (1 - noise) * p + noise * (1 - p)  # each comparison flipped with probability noise
+        se = math.sqrt(p * (1 - p) / n)
+        assert abs(above[i, j] / n - p) < 4.5 * se, (i, j, above[i, j] / n, p)
+        assert ann.prob_prefer(u[i], u[j]) == pytest.approx(p)
+
+
+def test_annotators_check_input():
+    with pytest.raises(ValueError, match="noise"):
+        reward.Annotators(noise=0.7)
+    with pytest.raises(ValueError, match="beta"):
+        reward.Annotators(beta=-1.0)
+    with pytest.raises(TypeError, match="length_bias"):
+        reward.Annotators(length_bias="long")
+    with pytest.raises(ValueError, match="utilities"):
+        reward.Annotators().rank([1.0], np.random.default_rng(0))
+    assert reward.Annotators(length_bias=0.1).utility([0.5, 0.0], [3, 10]).tolist() == pytest.approx([0.8, 1.0])
+
+
+def test_bayes_ceiling_is_the_best_classifier():
+    p = np.array([0.9, 0.3, 0.5, 0.62])
+    # every deterministic classifier (which label it predicts for each pair), expected accuracy exact
+    best = max(np.mean(np.where(np.array(c), p, 1 - p)) for c in itertools.product([0, 1], repeat=4))
+    assert reward.bayes_ceiling(p) == pytest.approx(best)
+    assert reward.bayes_ceiling([0.5, 0.5]) == 0.5 and reward.bayes_ceiling([0.0, 1.0]) == 1.0
+    with pytest.raises(ValueError, match="p_chosen"):
+        reward.bayes_ceiling([1.2])
+
+
+def test_pairwise_accuracy_ties_are_not_wins():
+    assert reward.pairwise_accuracy([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == 0.5
+    assert reward.pairwise_accuracy(torch.zeros(5), torch.zeros(5)) == 0.0  # a constant RM
+    # TRL's metric on the same numbers
+    rc, rr = torch.randn(50, generator=torch.Generator().manual_seed(0)), torch.zeros(50)
+    assert reward.pairwise_accuracy(rc, rr) == pytest.approx((rc > rr).float().mean().item())
+    with pytest.raises(ValueError, match="r_chosen"):
+        reward.pairwise_accuracy([1.0], [1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------------------------
+# best-of-n
+# ----------------------------------------------------------------------------------------------
+def test_best_of_n_picks_the_first_maximum():
+    s = torch.tensor([[0.1, 0.5, 0.5], [3.0, -1.0, 2.0]])
+    assert reward.best_of_n(s).tolist() == [1, 0]
+    with pytest.raises(ValueError, match="scores"):
+        reward.best_of_n(torch.zeros(3))
+
+
+def test_best_of_n_expectation_enumerates_subsets():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(3, 7)), rng.normal(size=(3, 7))
+    for n in (1, 3, 7):
+        want = [np.mean([gold[m, max(sub, key=lambda i: proxy[m, i])] for sub in itertools.combinations(range(7), n)])
+                for m in range(3)]
+        np.testing.assert_allclose(reward.best_of_n_expectation(proxy, gold, n), want, rtol=1e-10)
+    with pytest.raises(ValueError, match="n must"):
+        reward.best_of_n_expectation(proxy, gold, 8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 16, 64])
+def test_best_of_n_kl_formula_exact_on_a_fine_distribution(n):
+    # best-of-n over a uniform distribution on m ranked items: pi_bon(i) = (i/m)^n - ((i-1)/m)^n
+    m = 200_000
+    i = np.arange(1, m + 1, dtype=np.float64)
+    p_bon = (i / m) ** n - ((i - 1) / m) ** n
+    keep = p_bon > 0
+    kl = float(np.sum(p_bon[keep] * np.log(p_bon[keep] * m)))
+    assert reward.best_of_n_kl(n) == pytest.approx(kl, abs=1e-3)
+    assert kl <= reward.best_of_n_kl(n) + 1e-9  # an upper bound for a discrete distribution
+
+
+def test_best_of_n_kl_formula_is_not_log_n():
+    assert reward.best_of_n_kl(1) == 0.0
+    assert reward.best_of_n_kl(4) == pytest.approx(math.log(4) - 0.75)
+    with pytest.raises(ValueError, match="n"):
+        reward.best_of_n_kl(0)
+
+
+def test_best_of_n_kl_monte_carlo_with_the_worlds_probabilities(world):
+    from functools import lru_cache
+
+    utility = lru_cache(maxsize=None)(world.sentiment)
+    kl, se = reward.best_of_n_kl_monte_carlo(world, utility, 4, n_reference=3000, n_draws=400, seed=0)
+    # the world's reviews are discrete (frequent texts tie), so the formula is an upper bound;
+    # the empirical CDF adds an error of about 1/sqrt(n_reference) to F
+    assert abs(kl - reward.best_of_n_kl(4)) < 4.5 * se + 0.05, (kl, se)
+
+
+# ----------------------------------------------------------------------------------------------
+# preference data, training, the shipped model
+# ----------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_data(world):
+    policy, tok = zoo.load("tiny-reviews", device="cpu")
+    ann = reward.Annotators(beta=10.0, noise=0.1, length_bias=0.05)
+    return reward.preference_data(policy, tok, world, 12, k=4, annotators=ann, seed=3), ann, tok
+
+
+def test_preference_data_matches_the_world(world, small_data):
+    data, ann, tok = small_data
+    assert {"prompt", "chosen", "rejected"} <= set(data.column_names)  # TRL's explicit-prompt format
+    counts = np.bincount(data["prompt_id"])
+    assert counts.max() <= math.comb(4, 2) and len(counts) <= 12
+    for row in data:
+        assert row["chosen"].startswith(" ") and row["chosen"].endswith(" " + tok.eos_token)
+        c, r = row["chosen"][1:-6], row["rejected"][1:-6]
+        assert c != r
+        gc, gr = world.instruction_score(row["prompt"], c), world.instruction_score(row["prompt"], r)
+        assert (row["gold_chosen"], row["gold_rejected"]) == (pytest.approx(gc), pytest.approx(gr))
+        assert (row["len_chosen"], row["len_rejected"]) == (len(c.split()), len(r.split()))
+        d = 10.0 * ((gc + 0.05 * len(c.split())) - (gr + 0.05 * len(r.split())))
+        assert row["p_chosen"] == pytest.approx(0.9 / (1 + math.exp(-d)) + 0.1 / (1 + math.exp(d)))
+    again = reward.preference_data(zoo.load("tiny-reviews", device="cpu")[0], tok, world, 12, k=4,
+                                   annotators=ann, seed=3)
+    assert again["chosen"] == data["chosen"] and again["rejected"] == data["rejected"]
+
+
+def test_sample_responses_uses_the_policys_distribution():
+    # a response is exactly decoding.sample's continuation up to the EOS
+    from rl4lmt import decoding
+
+    policy, tok = zoo.load("tiny-reviews", device="cpu")
+    x = "write a positive review about the music :"
+    got = reward.sample_responses(policy, tok, [x], 5, max_new_tokens=30, generator=torch.Generator().manual_seed(7))
+    ids = torch.tensor([tok(x)["input_ids"]] * 5)
+    out = decoding.sample(policy, ids, 30, generator=torch.Generator().manual_seed(7),
+                          eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    want = []
+    for row in out[:, ids.shape[1]:].tolist():
+        words = tok.convert_ids_to_tokens(row)
+        cut = [i for i, w in enumerate(words) if w in tok.all_special_tokens]
+        want.append(" ".join(words[: cut[0] if cut else len(words)]))
+    assert got == [want]
+
+
+def test_from_scratch_loop_learns(small_data, rm_and_tok):
+    import copy
+
+    data, _, tok = small_data
+    rm = copy.deepcopy(rm_and_tok[0])
+    before = [p.detach().clone() for p in rm.parameters()]
+    hist = reward.train_bradley_terry(rm, tok, data, steps=15, batch_size=16, lr=3e-3, progress=False)
+    assert all(math.isfinite(h["loss"]) for h in hist)
+    assert np.mean([h["loss"] for h in hist[-5:]]) < hist[0]["loss"]
+    assert all(not torch.equal(a, b) for a, b in zip(before, rm.parameters()))
+
+
+def test_reward_model_from_lm_keeps_the_transformer_and_the_callers_rng():
+    lm, _ = zoo.load("tiny-reviews", device="cpu")
+    state = torch.random.get_rng_state()
+    rm, tok = reward.reward_model_from_lm("tiny-reviews", seed=0, device="cpu")
+    assert torch.equal(state, torch.random.get_rng_state())
+    for (n1, p1), (n2, p2) in zip(lm.transformer.named_parameters(), rm.transformer.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    assert rm.config.num_labels == 1 and rm.config.pad_token_id == tok.pad_token_id
+    rm2, _ = reward.reward_model_from_lm("tiny-reviews", seed=0, device="cpu")
+    assert torch.equal(rm.score.weight, rm2.score.weight)
+
+
+def test_shipped_reward_model_loads_and_is_near_the_ceiling(world):
+    from transformers import GPT2ForSequenceClassification
+
+    rm, tok = zoo.load("tiny-reviews-rm", device="cpu")
+    assert isinstance(rm, GPT2ForSequenceClassification) and rm.config.num_labels == 1
+    assert rm.config.pad_token_id == tok.pad_token_id != tok.eos_token_id
+    import json
+
+    cfg = json.loads((zoo.checkpoint_dir("tiny-reviews-rm") / "training.json").read_text())["config"]
+    policy, ptok = zoo.load(cfg["policy"], device="cpu")
+    ann = reward.Annotators(beta=cfg["beta"], noise=cfg["noise"], length_bias=cfg["length_bias"])
+    # fresh held-out pairs (a seed the recipe never used)
+    data = reward.preference_data(policy, ptok, world, 60, k=cfg["k"], annotators=ann, seed=987)
+    rc = reward.score(rm, tok, data["prompt"], [c[1:-6] for c in data["chosen"]])
+    rr = reward.score(rm, tok, data["prompt"], [r[1:-6] for r in data["rejected"]])
+    acc, ceiling = reward.pairwise_accuracy(rc, rr), reward.bayes_ceiling(data["p_chosen"])
+    # ~300 pairs: the sampling error of an accuracy is ~0.027; the recipe's own gap is < 0.03
+    assert acc > ceiling - 0.12, (acc, ceiling)
+    assert acc > 0.6
