@@ -63,8 +63,8 @@ def main() -> None:
             x = torch.full((batch, 1), tok.bos_token_id, dtype=torch.long)
             assert ours(x).shape[1] == theirs(x).shape[1] == 1 + args.new, "both must do the same work"
             n = batch * args.new
-            a = tokens_per_second(lambda: ours(x), n, args.reps)
-            b = tokens_per_second(lambda: theirs(x), n, args.reps)
+            a = tokens_per_second(lambda ours=ours, x=x: ours(x), n, args.reps)
+            b = tokens_per_second(lambda theirs=theirs, x=x: theirs(x), n, args.reps)
             rows.append({"decoder": name, "batch": batch, "ours_tokens_per_s": round(a, 1),
                          "generate_tokens_per_s": round(b, 1), "ratio": round(a / b, 3)})
             print(f"{name:<26}{batch:>6}{a:>12.0f}{b:>16.0f}{a / b:>8.2f}")

@@ -52,7 +52,8 @@ def main() -> None:
         r = run(path, kind)
         results.append(r)
         flag = "ok " if r["within_budget"] else "OVER" if r["error"] is None else "FAIL"
-        print(f"{flag} {kind:8s} {r['name']:28s} {r['seconds']:7.1f} s (budget {r['budget']} s) {r['error'] or ''}", flush=True)
+        print(f"{flag} {kind:8s} {r['name']:28s} {r['seconds']:7.1f} s (budget {r['budget']} s) {r['error'] or ''}",
+              flush=True)
     load = list(map(float, open("/proc/loadavg").read().split()[:3]))
     out = ROOT / "benchmarks" / "results"
     out.mkdir(exist_ok=True)

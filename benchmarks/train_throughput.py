@@ -52,7 +52,9 @@ def main() -> None:
         b_ids, b_am = b_ids[:, :w], b_am[:, :w]
         t = time.perf_counter()
         loss = teacher_forcing_loss(model(input_ids=b_ids, attention_mask=b_am).logits, b_ids, b_am)
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         if step >= 3:  # warm-up steps excluded
             elapsed += time.perf_counter() - t
             tokens += int(b_am[:, 1:].sum())

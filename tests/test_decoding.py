@@ -158,7 +158,8 @@ def test_greedy_stops_early_and_pads_after_eos():
 
 @pytest.mark.parametrize("seed", range(3))
 @pytest.mark.parametrize(
-    "temperature, top_k, top_p", [(1.0, None, None), (0.7, None, None), (1.3, 5, None), (0.8, None, 0.8), (0.6, 10, 0.9)]
+    "temperature, top_k, top_p",
+    [(1.0, None, None), (0.7, None, None), (1.3, 5, None), (0.8, None, 0.8), (0.6, 10, 0.9)]
 )
 def test_sample_matches_generate_with_the_same_seed(seed, temperature, top_k, top_p):
     model, x = random_model(seed, sharpness=2.0), prompts(seed, batch=4)
@@ -168,7 +169,8 @@ def test_sample_matches_generate_with_the_same_seed(seed, temperature, top_k, to
         temperature=temperature, top_k=top_k or 0, top_p=top_p or 1.0,
     )
     torch.manual_seed(100 + seed)
-    ours = decoding.sample(model, x, 10, temperature=temperature, top_k=top_k, top_p=top_p, eos_token_id=0, pad_token_id=V - 1)
+    ours = decoding.sample(model, x, 10, temperature=temperature, top_k=top_k, top_p=top_p,
+                           eos_token_id=0, pad_token_id=V - 1)
     assert torch.equal(ours, ref)
 
 
@@ -196,14 +198,16 @@ def test_beam_search_matches_generate(seed, num_beams):
             model, x, num_beams=num_beams, do_sample=False, early_stopping=True,
             length_penalty=length_penalty, max_new_tokens=8, eos_token_id=0,
         )
-        ours = decoding.beam_search(model, x, num_beams, 8, length_penalty=length_penalty, eos_token_id=0, pad_token_id=V - 1)
+        ours = decoding.beam_search(model, x, num_beams, 8, length_penalty=length_penalty,
+                                    eos_token_id=0, pad_token_id=V - 1)
         assert torch.equal(ours, ref), f"length_penalty={length_penalty}"
 
 
 @pytest.mark.parametrize("seed", range(3))
 def test_beam_search_returns_generates_top_hypotheses(seed):
     model, x = random_model(seed), prompts(seed, batch=2)
-    ref = generate(model, x, num_beams=4, num_return_sequences=3, do_sample=False, early_stopping=True, max_new_tokens=8, eos_token_id=0)
+    ref = generate(model, x, num_beams=4, num_return_sequences=3, do_sample=False, early_stopping=True,
+                   max_new_tokens=8, eos_token_id=0)
     ours = decoding.beam_search(model, x, 4, 8, eos_token_id=0, pad_token_id=V - 1, num_return_sequences=3)
     assert torch.equal(ours, ref)
 

@@ -83,7 +83,6 @@ def test_gridworld_exit_convention_and_returns():
     # the optimal deterministic path from (1,1) is gamma^5 -- the lecture's V*(1,1).
     env = gym.make("rl4lmt/GridWorld-v0")
     obs, _ = env.reset(seed=0)
-    u = env.unwrapped
     path = ["up", "up", "right", "right", "right", "up"]  # last action: any (exit)
     G, rewards = 0.0, []
     for t, name in enumerate(path):
@@ -118,7 +117,7 @@ def test_gridworld_monte_carlo_returns_match_planned_values():
 def test_gridworld_truncates_and_renders():
     env = gym.make("rl4lmt/GridWorld-v0", render_mode="ansi")
     env.reset(seed=0)
-    for t in range(100):
+    for _ in range(100):
         _, _, term, trunc, _ = env.step(ACTIONS.index("down"))  # bump into the bottom edge
         assert not term
     assert trunc

@@ -47,7 +47,8 @@ INSTRUCTOR_ONLY = ("rl4lmt.grading.",)
 def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
     out = subprocess.run(cmd, capture_output=True, text=True, **kwargs)
     if out.returncode != 0:
-        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
+        raise AssertionError(f"{' '.join(map(str, cmd))} failed ({out.returncode}):\n"
+                             f"{out.stdout[-3000:]}\n{out.stderr[-5000:]}")
     return out
 
 

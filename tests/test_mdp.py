@@ -89,7 +89,8 @@ def test_policy_evaluation_random_mdps_gamma_one():
         np.testing.assert_allclose(mdp.policy_evaluation(P, R, pi, 1.0), exact, atol=1e-7)
 
 
-@pytest.mark.parametrize("slip,step_reward,gamma", [(0.0, 0.0, 0.9), (0.2, -0.04, 1.0), (0.2, 0.0, 0.9), (0.1, -0.5, 0.99)])
+@pytest.mark.parametrize("slip,step_reward,gamma",
+                         [(0.0, 0.0, 0.9), (0.2, -0.04, 1.0), (0.2, 0.0, 0.9), (0.1, -0.5, 0.99)])
 def test_policy_iteration_agrees_with_value_iteration(slip, step_reward, gamma):
     env = grid(slip=slip, step_reward=step_reward)
     P, R = env.transition_model()
@@ -112,7 +113,8 @@ def test_policy_iteration_on_random_mdps_and_bellman_optimality():
         V_pi, _ = mdp.policy_iteration(P, R, 0.9)
         np.testing.assert_allclose(V_vi, V_pi, atol=1e-7)
         # Bellman optimality residual, computed by hand: V(s) = max_a [R + gamma sum P V]
-        Q = np.array([[R[s, a] + 0.9 * sum(P[s, a, t] * V_vi[t] for t in range(6)) for a in range(3)] for s in range(6)])
+        Q = np.array([[R[s, a] + 0.9 * sum(P[s, a, t] * V_vi[t] for t in range(6)) for a in range(3)]
+                      for s in range(6)])
         np.testing.assert_allclose(Q.max(1), V_vi, atol=1e-8)
         np.testing.assert_allclose(mdp.q_from_v(P, R, V_vi, 0.9), Q, atol=1e-12)
         # brute force over all 3^6 deterministic policies: none beats v_* anywhere

@@ -115,11 +115,14 @@ def test_sampled_next_word_frequencies_agree_with_next_word_probs(samples):
         obs, exp, rest_o, rest_e = [], [], 0, 0.0
         for w, p in probs.items():
             if n * p >= 5:
-                obs.append(follow[w]); exp.append(n * p)
+                obs.append(follow[w])
+                exp.append(n * p)
             else:
-                rest_o += follow[w]; rest_e += n * p
+                rest_o += follow[w]
+                rest_e += n * p
         if rest_e > 0:
-            obs.append(rest_o); exp.append(rest_e)
+            obs.append(rest_o)
+            exp.append(rest_e)
         pvalue = stats.chisquare(obs, np.array(exp) * sum(obs) / sum(exp)).pvalue
         assert pvalue > 1e-3, (prefix, pvalue)
 

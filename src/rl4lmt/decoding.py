@@ -525,7 +525,8 @@ def exact_top_sequences(
             if prob <= 0:
                 continue
             is_end = token == end_token
-            heapq.heappush(frontier, (neg_logp - math.log(prob), counter, prefix if is_end else prefix + (token,), is_end))
+            item = prefix if is_end else prefix + (token,)
+            heapq.heappush(frontier, (neg_logp - math.log(prob), counter, item, is_end))
             counter += 1
     return results
 

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import os
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # annotations only: torch is imported where it is used
+    import torch
 
 __all__ = ["set_seed", "get_device", "to_device", "check_texts"]
 

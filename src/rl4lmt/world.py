@@ -34,7 +34,7 @@ import heapq
 import math
 import re
 from collections import defaultdict
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def _say(words, then):
     return ("say", tuple(words), then) if words else then
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arcs(state: tuple) -> tuple:
     """Outgoing transitions of a state: a tuple of (word, next_state, probability).
 
@@ -287,7 +287,7 @@ def _arcs(state: tuple) -> tuple:
     return tuple(out)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _arcs_by_word(state: tuple) -> dict:
     """The arcs of a state grouped by word: word -> tuple of (next_state, probability)."""
     grouped: dict[str, list] = defaultdict(list)
@@ -425,7 +425,7 @@ class TinyReviews:
             return {}, -math.inf
         post: dict = defaultdict(float)
         for q, pq in alpha.items():
-            for q2, p in _arcs_by_word(q).get(EOS, ()):
+            for _, p in _arcs_by_word(q).get(EOS, ()):
                 post[q[1]] += pq * p  # q[1] is s in every state but "say" ...
         # "say" states never emit EOS, so every state counted above carries s at index 1.
         z = sum(post.values())
@@ -790,7 +790,7 @@ def _compute_entropy_stats() -> tuple[float, float]:
     return entropy, events
 
 
-@lru_cache(maxsize=None)
+@cache
 def _state_aspects(state) -> frozenset:
     """Every aspect name that occurs anywhere in a (nested) state tuple."""
     names = set()
@@ -802,7 +802,7 @@ def _state_aspects(state) -> frozenset:
     return frozenset(names)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _rename_aspect(state, name: str):
     """The state with aspect ``name`` written as ``"*"`` (a canonical name for entropy merging)."""
     return tuple(_rename_aspect(x, name) if isinstance(x, tuple) else ("*" if x == name else x) for x in state)

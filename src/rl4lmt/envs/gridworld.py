@@ -28,7 +28,7 @@ Conventions (they reproduce the lecture's worked numbers exactly):
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -213,7 +213,7 @@ def plot_values(env: GridWorldEnv, V: np.ndarray, policy: np.ndarray | None = No
     vmax = float(np.nanmax(np.abs(grid))) if vmax is None else vmax
     cmap = plt.get_cmap("RdYlGn").copy()
     cmap.set_bad("0.45")  # walls
-    im = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax)
+    ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, vmin=-vmax, vmax=vmax)
     for s, (x, y) in enumerate(env.cells):
         r, c = env.height - y, x - 1
         label = f"{V[s]:.2f}"

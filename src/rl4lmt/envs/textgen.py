@@ -23,7 +23,7 @@ is the view chapter 4 (policy gradients) and chapter 7 (PPO-RLHF) build on.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import gymnasium as gym
 import numpy as np
