@@ -185,10 +185,12 @@ def test_causal_self_attention_with_padding_mask_equals_sdpa():
 
 def test_attention_with_float_mask_and_cross_lengths_equals_sdpa():
     g = torch.Generator().manual_seed(3)
-    q, k, v = torch.randn(2, 2, 3, 5, generator=g), torch.randn(2, 2, 7, 5, generator=g), torch.randn(2, 2, 7, 6, generator=g)
+    q, k = torch.randn(2, 2, 3, 5, generator=g), torch.randn(2, 2, 7, 5, generator=g)
+    v = torch.randn(2, 2, 7, 6, generator=g)
     bias = torch.randn(2, 1, 3, 7, generator=g)
     torch.testing.assert_close(lm.attention(q, k, v, bias), F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
-    torch.testing.assert_close(lm.attention(q, k, v, is_causal=True), F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    torch.testing.assert_close(lm.attention(q, k, v, is_causal=True),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True))
 
 
 def test_attention_weights_are_causal_distributions():
@@ -238,7 +240,9 @@ def test_multi_head_self_attention_equals_gpt2_attention_layer():
     model = GPT2Model(GPT2Config(vocab_size=20, n_embd=24, n_layer=1, n_head=4, n_positions=16)).eval()
     attn = model.h[0].attn
     seen = {}
-    attn.register_forward_hook(lambda mod, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args else None), y=out[0]), with_kwargs=True)
+    attn.register_forward_hook(
+        lambda mod, args, kwargs, out: seen.update(x=kwargs.get("hidden_states", args[0] if args else None), y=out[0]),
+        with_kwargs=True)
     ids = torch.randint(0, 20, (3, 7))
     am = torch.ones(3, 7, dtype=torch.long)
     am[1, 5:] = 0

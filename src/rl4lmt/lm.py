@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from importlib import resources
-from typing import NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from rl4lmt.utils import check_texts
 
@@ -180,7 +180,8 @@ def shifted_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Ten
     if not isinstance(logits, torch.Tensor) or logits.dim() != 3:
         raise ValueError(f"logits must be a (batch, time, vocab) tensor, got {getattr(logits, 'shape', type(logits))}")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-        raise ValueError(f"input_ids must be a (batch, time) tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        raise ValueError(f"input_ids must be a (batch, time) tensor, "
+                         f"got {getattr(input_ids, 'shape', type(input_ids))}")
     if logits.shape[:2] != input_ids.shape:
         raise ValueError(f"input_ids shape {tuple(input_ids.shape)} does not match logits {tuple(logits.shape[:2])}")
     if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
@@ -273,7 +274,9 @@ def sequence_logprob(model, tokenizer, texts: Sequence[str]) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------
 # Training with teacher forcing
 # ----------------------------------------------------------------------------------------------
-def teacher_forcing_loss(logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+def teacher_forcing_loss(
+    logits: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean next-token cross-entropy :math:`L_\\theta = -\\frac{1}{N}\\sum_{j,i}\\log P(y_{ji})`.
 
     The average runs over all real target tokens of the batch (``attention_mask`` 1), which is
@@ -285,7 +288,8 @@ def teacher_forcing_loss(logits: torch.Tensor, input_ids: torch.Tensor, attentio
     if attention_mask is None:
         return -logp.mean()
     if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, got {tuple(attention_mask.shape)}")
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"got {tuple(attention_mask.shape)}")
     m = attention_mask[:, 1:].to(logp.device, logp.dtype)
     if m.sum() == 0:
         raise ValueError("attention_mask leaves no target token to train on")
@@ -359,7 +363,8 @@ def padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     with :func:`causal_mask` by logical AND.
     """
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.dim() != 2:
-        raise ValueError(f"attention_mask must be a (batch, time) tensor, got {getattr(attention_mask, 'shape', type(attention_mask))}")
+        raise ValueError(f"attention_mask must be a (batch, time) tensor, "
+                         f"got {getattr(attention_mask, 'shape', type(attention_mask))}")
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
         raise ValueError("attention_mask must hold only 0/1 (or False/True)")
     return attention_mask.bool()[:, None, None, :]
@@ -376,7 +381,8 @@ def _check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor | None = None) 
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must share the last (head) dimension, got {q.shape[-1]} and {k.shape[-1]}")
     if q.shape[:-2] != k.shape[:-2]:
-        raise ValueError(f"q and k must share the leading (batch, heads) dims, got {tuple(q.shape[:-2])} and {tuple(k.shape[:-2])}")
+        raise ValueError(f"q and k must share the leading (batch, heads) dims, "
+                         f"got {tuple(q.shape[:-2])} and {tuple(k.shape[:-2])}")
     if v is not None and (v.shape[:-2] != k.shape[:-2] or v.shape[-2] != k.shape[-2]):
         raise ValueError(f"v must have k's leading dims and length {tuple(k.shape[:-1])}, got {tuple(v.shape[:-1])}")
 
@@ -403,7 +409,8 @@ def attention_weights(
         try:
             torch.broadcast_shapes(attn_mask.shape, scores.shape)
         except RuntimeError:
-            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to the scores {tuple(scores.shape)}") from None
+            raise ValueError(f"attn_mask of shape {tuple(attn_mask.shape)} does not broadcast to "
+                             f"the scores {tuple(scores.shape)}") from None
         if attn_mask.dtype == torch.bool:
             scores = scores.masked_fill(~attn_mask.to(q.device), float("-inf"))  # hidden keys get weight exp(-inf) = 0
         elif attn_mask.is_floating_point():
@@ -460,7 +467,7 @@ def split_heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
 
 
 def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """``(batch, n_heads, time, head_dim)`` -> ``(batch, time, n_heads * head_dim)`` (inverse of :func:`split_heads`)."""
+    """``(batch, n_heads, time, head_dim)`` -> ``(batch, time, n_heads * head_dim)``; inverse of :func:`split_heads`."""
     if not isinstance(x, torch.Tensor) or x.dim() != 4:
         raise ValueError(f"x must be a (batch, heads, time, head_dim) tensor, got {getattr(x, 'shape', type(x))}")
     B, H, T, D = x.shape
@@ -588,7 +595,8 @@ class BlockWeights(NamedTuple):
 
 
 def layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """Layer normalisation, :math:`\\mathrm{LN}(x) = \\gamma \\odot \\frac{x - \\mu(x)}{\\sqrt{\\sigma^2(x) + \\epsilon}} + \\beta`.
+    """Layer normalisation,
+    :math:`\\mathrm{LN}(x) = \\gamma \\odot \\frac{x - \\mu(x)}{\\sqrt{\\sigma^2(x) + \\epsilon}} + \\beta`.
 
     Mean and (biased) variance are taken over the last dimension, separately for every token:
     each token's vector becomes a z-score, then gets a learned scale ``weight`` (:math:`\\gamma`)
@@ -612,13 +620,16 @@ def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
-def feed_forward(x: torch.Tensor, w_fc: torch.Tensor, b_fc: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor) -> torch.Tensor:
+def feed_forward(
+    x: torch.Tensor, w_fc: torch.Tensor, b_fc: torch.Tensor, w_out: torch.Tensor, b_out: torch.Tensor
+) -> torch.Tensor:
     """The position-wise feed-forward sub-layer, :math:`\\mathrm{FFN}(x) = \\mathrm{GELU}(x W_1 + b_1) W_2 + b_2`.
 
     The same two-layer MLP is applied to every token separately (no mixing across positions:
     that is attention's job); the hidden layer is usually 4 times wider than the model.
     """
-    if not isinstance(x, torch.Tensor) or x.dim() < 1 or w_fc.shape[0] != x.shape[-1] or w_out.shape != (w_fc.shape[1], x.shape[-1]):
+    if (not isinstance(x, torch.Tensor) or x.dim() < 1 or w_fc.shape[0] != x.shape[-1]
+            or w_out.shape != (w_fc.shape[1], x.shape[-1])):
         raise ValueError(f"x (..., dim), w_fc (dim, hidden) and w_out (hidden, dim) do not fit: "
                          f"{getattr(x, 'shape', None)}, {tuple(w_fc.shape)}, {tuple(w_out.shape)}")
     return gelu_tanh(x @ w_fc + b_fc) @ w_out + b_out
@@ -667,7 +678,8 @@ def gpt2_forward(model, input_ids: torch.Tensor, *, return_hidden: bool = False)
     text per row, all of the same length.
     """
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
-        raise ValueError(f"input_ids must be a (batch, time) long tensor, got {getattr(input_ids, 'shape', type(input_ids))}")
+        raise ValueError(f"input_ids must be a (batch, time) long tensor, "
+                         f"got {getattr(input_ids, 'shape', type(input_ids))}")
     tr = getattr(model, "transformer", None)
     if tr is None or not hasattr(tr, "wte"):
         raise TypeError(f"model must be a GPT2LMHeadModel, got {type(model).__name__}")
