@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test venv clean-book model reward-model exercises bench chromium
+.PHONY: book test lint venv clean-book model reward-model exercises bench chromium
 
 venv: $(STAMP)
 
@@ -25,9 +25,14 @@ $(STAMP): pyproject.toml constraints.txt
 book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
-## make test: the whole test suite (builds the book first: browser and leak tests read it).
-test: book chromium
+## make test: lint, then the whole test suite (builds the book first: browser and leak tests read it).
+test: lint book chromium
 	$(PY) -m pytest
+
+## make lint: ruff over the package, the tests and the benchmarks (rules in pyproject's [tool.ruff];
+## the book's pages are MyST Markdown and are not linted).
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
 
 ## make chromium: Debian's Chromium for tests/test_browser.py, installed with apt-get where it
 ## is missing (CI runs as root). Where it cannot be installed the browser test is skipped, loudly;

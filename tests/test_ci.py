@@ -113,3 +113,38 @@ def test_any_skip_in_the_reader_tests_fails_under_ci(tmp_path, module):
     assert ci.returncode == 1, ci.stdout[-3000:]
     assert "1 failed, 1 skipped, 1 xfailed" in ci.stdout, ci.stdout[-3000:]
     assert "PREREQUISITE MISSING" in ci.stdout and "skipped under CI" in ci.stdout, ci.stdout[-3000:]
+
+
+# --- lint: ruff, configured in pyproject.toml, run by `make test` ----------------------------
+
+def test_make_test_runs_the_linter_first():
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", "--no-print-directory", "test"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env=_env(False))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    lint = [i for i, line in enumerate(lines) if "ruff check src tests benchmarks" in line]
+    tests = [i for i, line in enumerate(lines) if "-m pytest" in line]
+    assert lint and tests and lint[0] < tests[0], f"`make test` must run `ruff check` before pytest:\n{out.stdout}"
+
+
+def test_ruff_configuration_catches_the_usual_slips(tmp_path):
+    """The project's rule set flags an unused import, unsorted imports, a mutable default, an old-style
+    import, a line over 120 columns; a line of exactly 120 columns passes."""
+    import json
+
+    source = tmp_path / "sample.py"
+    long_ok = "x = '" + "a" * 114 + "'"
+    assert len(long_ok) == 120
+    source.write_text(
+        "import sys\nimport os\nfrom typing import Sequence\n\n\n"
+        "def f(a=[]) -> Sequence:\n    return a + [os.sep]\n\n\n"
+        f"{long_ok}\n" + "y = '" + "b" * 115 + "'\n")
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "--no-cache", "--config", str(ROOT / "pyproject.toml"),
+                          "--output-format", "json", str(source)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out.stdout + out.stderr
+    found = {(d["code"], d["location"]["row"]) for d in json.loads(out.stdout)}
+    codes = {code for code, _ in found}
+    assert {"F401", "I001", "B006", "UP035", "E501"} <= codes, found
+    assert ("E501", 10) not in found and ("E501", 11) in found, found
