@@ -43,10 +43,10 @@ Also here: the KL estimators k1, k2, k3 (:func:`kl_estimators`) against the exac
 from __future__ import annotations
 
 import copy
-import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -211,20 +211,24 @@ def kl_estimators(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> dict[st
     if not isinstance(logprobs, torch.Tensor) or not isinstance(ref_logprobs, torch.Tensor):
         raise TypeError("logprobs and ref_logprobs must be tensors")
     if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"ref_logprobs must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
+        raise ValueError(f"ref_logprobs must have shape {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
     log_rho = ref_logprobs - logprobs
     return {"k1": -log_rho, "k2": 0.5 * log_rho**2, "k3": torch.expm1(log_rho) - log_rho}
 
 
 def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
-    """:math:`\\mathrm{KL}(\\pi(\\cdot\\mid s_t)\\Vert\\pi_{ref}(\\cdot\\mid s_t)) = \\sum_v \\pi(v)\\log\\frac{\\pi(v)}{\\pi_{ref}(v)}` at every position.
+    """The exact per-token KL at every position:
+
+    .. math:: \\mathrm{KL}(\\pi(\\cdot\\mid s_t)\\Vert\\pi_{ref}(\\cdot\\mid s_t))
+              = \\sum_v \\pi(v)\\log\\frac{\\pi(v)}{\\pi_{ref}(v)}.
+
 
     ``logits``, ``ref_logits`` ``(..., V)`` -> ``(...)``. The sum over the vocabulary is what the
     sampled estimators approximate with one token; :func:`rl4lmt.pg.exact_token_kl` sums it over a
     sequence. Taught in chapter 7, "Estimating the KL".
     """
     if logits.shape != ref_logits.shape:
-        raise ValueError(f"ref_logits must have the shape of logits {tuple(logits.shape)}, got {tuple(ref_logits.shape)}")
+        raise ValueError(f"ref_logits must have shape {tuple(logits.shape)}, got {tuple(ref_logits.shape)}")
     logp = torch.log_softmax(logits.float(), -1)
     logq = torch.log_softmax(ref_logits.float(), -1)
     return (logp.exp() * (logp - logq)).sum(-1)
@@ -235,7 +239,8 @@ def exact_kl_per_token(logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.
 # ----------------------------------------------------------------------------------------------
 def _check_mask(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if not isinstance(mask, torch.Tensor) or mask.shape != like.shape:
-        raise ValueError(f"mask must be a tensor of shape {tuple(like.shape)}, got {getattr(mask, 'shape', type(mask))}")
+        got = getattr(mask, "shape", type(mask))
+        raise ValueError(f"mask must be a tensor of shape {tuple(like.shape)}, got {got}")
     return mask.to(device=like.device, dtype=like.dtype)
 
 
@@ -247,7 +252,9 @@ def _last_index(mask: torch.Tensor) -> torch.Tensor:
     return torch.where(mask.bool(), positions, torch.full_like(positions, -1)).max(-1).values
 
 
-def kl_shaped_rewards(scores, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+def kl_shaped_rewards(
+    scores, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
     """Per-token rewards :math:`r_t = -\\beta(\\log\\pi_{old}(y_t) - \\log\\pi_{ref}(y_t)) + [t = T_{last}]\\,R(x, y)`.
 
     The reward model judges the whole response, so its score ``scores[b]`` arrives once, at the
@@ -267,7 +274,7 @@ def kl_shaped_rewards(scores, logprobs: torch.Tensor, ref_logprobs: torch.Tensor
     """
     mask = _check_mask(mask, logprobs)
     if ref_logprobs.shape != logprobs.shape:
-        raise ValueError(f"ref_logprobs must have the shape of logprobs {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
+        raise ValueError(f"ref_logprobs must have shape {tuple(logprobs.shape)}, got {tuple(ref_logprobs.shape)}")
     scores = torch.as_tensor(scores, dtype=logprobs.dtype, device=logprobs.device)
     if scores.shape != logprobs.shape[:1]:
         raise ValueError(f"scores must have shape ({logprobs.shape[0]},), got {tuple(scores.shape)}")
@@ -342,8 +349,13 @@ def whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True, eps: fl
 # ----------------------------------------------------------------------------------------------
 # Losses
 # ----------------------------------------------------------------------------------------------
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None = 0.2):
-    """PPO's value loss :math:`\\tfrac12\\,\\mathrm{mean}_t\\max\\big((V - \\hat R)^2,\\ (V_{old} + \\mathrm{clip}(V - V_{old}, -c, c) - \\hat R)^2\\big)`.
+def clipped_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float | None = 0.2
+):
+    """PPO's clipped value loss
+
+    .. math:: \\tfrac12\\,\\mathrm{mean}_t\\max\\big((V - \\hat R)^2,\\
+              (V_{old} + \\mathrm{clip}(V - V_{old}, -c, c) - \\hat R)^2\\big).
 
     Like the policy, the critic may move at most ``clip`` from the values it had when the
     rollouts were scored (OpenAI baselines; Huang et al. 2024); the max keeps the pessimistic
@@ -417,7 +429,9 @@ class AdaptiveKLController:
 
     def __init__(self, init_kl_coef: float, target: float, horizon: int):
         if not init_kl_coef > 0 or not target > 0 or not horizon > 0:
-            raise ValueError(f"init_kl_coef, target and horizon must be positive, got {init_kl_coef}, {target}, {horizon}")
+            raise ValueError(
+                f"init_kl_coef, target and horizon must be positive, got {init_kl_coef}, {target}, {horizon}"
+            )
         self.value, self.target, self.horizon = float(init_kl_coef), float(target), int(horizon)
 
     def update(self, current_kl: float, n_steps: int) -> float:
@@ -445,7 +459,7 @@ class Critic(nn.Module):
         super().__init__()
         base = getattr(model, "base_model", None)
         if base is None or base is model:
-            raise TypeError(f"model must be a transformers model with a backbone (base_model), got {type(model).__name__}")
+            raise TypeError(f"model must be a transformers model with a backbone, got {type(model).__name__}")
         self.backbone = copy.deepcopy(base)
         if hasattr(model, "score") and model.score.out_features == 1:
             self.head = copy.deepcopy(model.score)  # the reward model's own head
@@ -489,7 +503,9 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def rollout(policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, generator: torch.Generator | None = None) -> PPORollout:
+def rollout(
+    policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, generator: torch.Generator | None = None
+) -> PPORollout:
     """Sample one response per prompt with :func:`rl4lmt.decoding.sample` (temperature 1, no filters).
 
     Prompts of equal token length are sampled together (the sampler takes unpadded prompts),
@@ -529,7 +545,10 @@ def rollout(policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, g
         finished[i] = bool(r) and r[-1] == eos
         words = r[:-1] if finished[i] else r
         responses.append(" ".join(tokenizer.convert_ids_to_tokens(words)))
-    return PPORollout(input_ids.to(device), attention_mask.to(device), response_mask.to(device), list(prompts), responses, finished.to(device))
+    return PPORollout(
+        input_ids.to(device), attention_mask.to(device), response_mask.to(device),
+        list(prompts), responses, finished.to(device),
+    )
 
 
 def _logprobs_and_entropy(model, batch_ids, batch_mask):
@@ -541,9 +560,10 @@ def _logprobs_and_entropy(model, batch_ids, batch_mask):
 
 
 def _scores(reward_fn, prompts, responses, device) -> torch.Tensor:
-    scores = torch.as_tensor(np.asarray(reward_fn(list(prompts), list(responses)), dtype=np.float64), dtype=torch.float32)
+    values = np.asarray(reward_fn(list(prompts), list(responses)), dtype=np.float64)
+    scores = torch.as_tensor(values, dtype=torch.float32)
     if scores.shape != (len(prompts),):
-        raise ValueError(f"reward_fn must return one number per response ({len(prompts)}), got shape {tuple(scores.shape)}")
+        raise ValueError(f"reward_fn must return one number per response ({len(prompts)}), got {tuple(scores.shape)}")
     return scores.to(device)
 
 
@@ -646,7 +666,7 @@ def train_ppo(
                 advantages = whiten(advantages, mask)  # detail 10: over the whole batch
             seq_kl = ((old_logp - ref_logp) * mask).sum(-1)
             var_ret = returns[mask.bool()].var()
-            explained_var = 1.0 - (returns - old_values)[mask.bool()].var() / var_ret if var_ret > 0 else torch.tensor(float("nan"))
+            explained_var = 1.0 - (returns - old_values)[mask.bool()].var() / var_ret if var_ret > 0 else float("nan")
         t2 = time.perf_counter()
 
         # 4. detail 11: several epochs over minibatches of the same rollouts
