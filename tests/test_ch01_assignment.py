@@ -6,16 +6,7 @@ which gives a test cell no points when it writes to stderr, a warning counts as 
 pipeline checks (solution full marks, release scores nothing, no leaks) live in
 tests/test_grading.py; this file is about *which* mistakes the hidden tests catch.
 """
-import contextlib
-import io
-import re
-import warnings
-
-import pytest
-
-from rl4lmt.grading.author import master_code_cells
-
-SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
+from rl4lmt.grading.mutants import MutationSuite
 
 # task -> the solution cells it needs before its own (task 6 builds on tasks 4 and 5)
 NEEDS = {"causal_self_attention": ["causal_mask", "attention"]}
@@ -79,50 +70,5 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
 }
 
 
-@pytest.fixture(scope="module")
-def cells(root):
-    return master_code_cells(root / "solutions" / "ch01-lm-basics" / "ch01-lm-basics.ipynb")
-
-
-@pytest.fixture(scope="module")
-def base(cells):
-    ns: dict = {}
-    exec(compile(cells["imports"], "imports", "exec"), ns)
-    return ns
-
-
-def _verdict(cells, base, task, body, capfd):
-    """Run the task (with `body` as its solution) and its test cell; None if it passes, else the error."""
-    ns = dict(base)
-    for gid in NEEDS.get(task, []) + [task]:
-        src = cells[gid]
-        if gid == task and body is not None:
-            src = SOL.sub(lambda m: m.group(1) + "    " + body + m.group(3), src)
-        exec(compile(src, gid, "exec"), ns)
-    capfd.readouterr()
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), ns)
-    except Exception as err:  # an assertion or a crash inside the student's function
-        return f"{type(err).__name__}: {err}"
-    stderr = capfd.readouterr().err  # e.g. transformers' logging warnings
-    if caught or stderr:
-        return f"output on stderr (nbgrader: no points): {[str(w.message) for w in caught]} {stderr}"
-    return None
-
-
-@pytest.mark.parametrize("task", list(WRONG))
-def test_master_solution_passes(cells, base, task, capfd):
-    assert _verdict(cells, base, task, None, capfd) is None
-
-
-@pytest.mark.parametrize("task, mistake", [(t, m) for t, ms in WRONG.items() for m in ms])
-def test_plausible_mistake_fails(cells, base, task, mistake, capfd):
-    assert _verdict(cells, base, task, WRONG[task][mistake], capfd) is not None, f"{task}: '{mistake}' got full marks"
-
-
-@pytest.mark.parametrize("task, way", [(t, w) for t, ws in RIGHT.items() for w in ws])
-def test_other_correct_solution_passes(cells, base, task, way, capfd):
-    err = _verdict(cells, base, task, RIGHT[task][way], capfd)
-    assert err is None, f"{task}: correct '{way}' was marked wrong: {err}"
+SUITE = MutationSuite("ch01-lm-basics", WRONG, RIGHT, base=["imports"], needs=NEEDS)
+test_master_solution_passes, test_plausible_mistake_fails, test_other_correct_solution_passes = SUITE.pytest_tests()

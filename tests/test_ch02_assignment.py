@@ -75,5 +75,5 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
 }
 
 SUITE = MutationSuite("ch02-decoding", WRONG, RIGHT, base=["setup", "imports"],
-                      needs={"sample": ["temperature_scale", "top_k_filter", "top_p_filter"]}, strict_namespace=False)
+                      needs={"sample": ["temperature_scale", "top_k_filter", "top_p_filter"], "beam_search": ["pad_rows"]})
 test_master_solution_passes, test_plausible_mistake_fails, test_other_correct_solution_passes = SUITE.pytest_tests()

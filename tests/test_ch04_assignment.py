@@ -7,16 +7,7 @@ file is about *which* mistakes the hidden tests catch (the brief's list: forgett
 return accumulation, a baseline that leaks gradient, a sign error, a missing stop-gradient on the
 advantage).
 """
-import contextlib
-import io
-import re
-import warnings
-
-import pytest
-
-from rl4lmt.grading.author import master_code_cells
-
-SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n\s*### END SOLUTION)", re.S)
+from rl4lmt.grading.mutants import MutationSuite
 
 WRONG = {  # task -> {mistake: body}; each must fail the task's tests
     "returns_to_go": {
@@ -97,47 +88,5 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
 }
 
 
-@pytest.fixture(scope="module")
-def cells(root):
-    return master_code_cells(root / "solutions" / "ch04-policy-gradients" / "ch04-policy-gradients.ipynb")
-
-
-@pytest.fixture(scope="module")
-def base(cells):
-    ns: dict = {}
-    with contextlib.redirect_stdout(io.StringIO()):
-        exec(compile(cells["setup"], "setup", "exec"), ns)
-        exec(compile(cells["imports"], "imports", "exec"), ns)
-    return ns
-
-
-def _verdict(cells, base, task, body):
-    """Run the task (with `body` as its solution) and its test cell; None if it passes, else the error."""
-    ns = dict(base)
-    src = cells[task]
-    if body is not None:
-        src = SOL.sub(lambda m: m.group(1) + "    " + body + m.group(3), src)
-    exec(compile(src, task, "exec"), ns)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("error")  # nbgrader zeroes a graded cell that writes to stderr
-            exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), ns)
-    except Exception as err:  # an assertion or a crash inside the student's function
-        return f"{type(err).__name__}: {err}"
-    return None
-
-
-@pytest.mark.parametrize("task", list(WRONG))
-def test_master_solution_passes(cells, base, task):
-    assert _verdict(cells, base, task, None) is None
-
-
-@pytest.mark.parametrize("task, mistake", [(t, m) for t, ms in WRONG.items() for m in ms])
-def test_plausible_mistake_fails(cells, base, task, mistake):
-    assert _verdict(cells, base, task, WRONG[task][mistake]) is not None, f"{task}: '{mistake}' got full marks"
-
-
-@pytest.mark.parametrize("task, way", [(t, w) for t, ws in RIGHT.items() for w in ws])
-def test_other_correct_solution_passes(cells, base, task, way):
-    err = _verdict(cells, base, task, RIGHT[task][way])
-    assert err is None, f"{task}: correct '{way}' was marked wrong: {err}"
+SUITE = MutationSuite("ch04-policy-gradients", WRONG, RIGHT, base=["setup", "imports"])
+test_master_solution_passes, test_plausible_mistake_fails, test_other_correct_solution_passes = SUITE.pytest_tests()

@@ -346,3 +346,41 @@ def test_repair_grades_the_edited_copy_not_a_stale_stub(pair):
     graded = _cells(fixed, "sample_perplexity")
     assert len(graded) == 1 and graded[0].source == _cells(solved, "sample_perplexity")[0].source
     assert _shape(fixed) == _shape(solved)
+
+
+# -- self-contained test cells: the master checker's free-name analysis ------------------------------
+@pytest.mark.parametrize("source, allowed, want", [
+    ("y = x + 1", (), {"x"}),                                   # x comes from another cell
+    ("y = x\nx = 1", (), {"x"}),                                # used before this cell defines it
+    ("import numpy as np\nz = np.zeros(3)\nprint(len(z))", (), set()),
+    ("from rl4lmt.grading import check_close\ncheck_close(f(1), 2, 'f')", ("f",), set()),  # f: the student's
+    ("for i in range(3):\n    total = i\nprint(total, [j * i for j in range(i)])", (), set()),
+    ("def helper(a):\n    return a + offset\noffset = 2\nhelper(1)", (), set()),  # read when called
+    ("def helper(a):\n    return a + P\nhelper(1)", (), {"P"}),
+    ("n += 1", (), {"n"}),
+    ("try:\n    f(0)\nexcept ValueError as err:\n    assert 'x' in str(err)", ("f",), set()),
+    ("g = lambda v: v * scale", (), {"scale"}),
+    ("world.logprob('a')", ("chain_logprob",), {"world"}),
+])
+def test_free_names(source, allowed, want):
+    from rl4lmt.grading.author import free_names
+
+    assert free_names(source, allowed) == want
+
+
+def test_checker_rejects_a_test_cell_that_reads_another_cells_name(tmp_path):
+    from rl4lmt.grading.author import Master, check_master
+
+    m = Master("ch99-demo", "demo", url="https://example.org/course")
+    m.code("import math\nP = [0.5, 0.5]", grade_id="data")
+    m.solution("total", "def total(xs):\n    ### BEGIN SOLUTION\n    return sum(xs)\n    ### END SOLUTION")
+    m.tests("total_tests", points=1, source="assert total(P) == 1.0\n### BEGIN HIDDEN TESTS\n# hint: add\n"
+                                               "assert total([]) == 0\n### END HIDDEN TESTS")
+    with pytest.raises(ValueError, match=r"total_tests.*reads P from other cells"):
+        m.write(tmp_path)
+    path = tmp_path / "solutions" / "ch99-demo"
+    m.nb.cells[-1].source = "P = [0.5, 0.5]\n" + m.nb.cells[-1].source  # rebuilds its own input: fine
+    import nbformat
+
+    nbformat.write(m.nb, path / "ch99-demo.ipynb")
+    assert check_master(path, url="https://example.org/course") == []

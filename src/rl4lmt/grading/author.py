@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import builtins
 import pathlib
 import re
 import sys
@@ -42,7 +43,7 @@ import nbformat
 
 from rl4lmt.grading import ROOT, setup_cell_source
 
-__all__ = ["Master", "check_master", "stamp_setup_cells"]
+__all__ = ["Master", "check_master", "stamp_setup_cells", "free_names", "defined_names"]
 
 BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
 BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
@@ -143,6 +144,109 @@ def master_code_cells(path: str | pathlib.Path) -> dict[str, str]:
             if c.cell_type == "code" and "nbgrader" in c.metadata}
 
 
+# names a notebook cell may read without defining them: Python's builtins and IPython's own
+_ALWAYS_THERE = set(dir(builtins)) | {"display", "get_ipython", "In", "Out", "__name__"}
+
+
+def defined_names(source: str) -> set[str]:
+    """The functions and classes a cell defines at top level (what a solution cell hands on)."""
+    tree = ast.parse(source.replace("%", "#"))
+    return {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+
+
+def _bound_in(node: ast.AST) -> set[str]:
+    """Names a statement binds in the scope it runs in (not inside nested functions or classes)."""
+    out: set[str] = set()
+
+    def visit(n, top=True):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            out.add(n.name)
+            if not top:
+                return
+            # decorators and defaults run in the outer scope, but bind nothing there
+            return
+        if isinstance(n, ast.Lambda):
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, (ast.Store, ast.Del)):
+            out.add(n.id)
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            for a in n.names:
+                out.add((a.asname or a.name).split(".")[0])
+        elif isinstance(n, ast.ExceptHandler) and n.name:
+            out.add(n.name)
+        elif isinstance(n, (ast.MatchAs, ast.MatchStar)) and n.name:
+            out.add(n.name)
+        for child in ast.iter_child_nodes(n):
+            visit(child, False)
+
+    visit(node)
+    return out
+
+
+def _loads_in(node: ast.AST, deferred: bool = False) -> list[tuple[str, bool]]:
+    """(name, deferred) for every name read in a statement; deferred: inside a function body (read at call time)."""
+    out: list[tuple[str, bool]] = []
+
+    def visit(n, deferred):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            args = n.args
+            for d in args.defaults + [d for d in args.kw_defaults if d is not None]:
+                visit(d, deferred)
+            for dec in getattr(n, "decorator_list", []):
+                visit(dec, deferred)
+            params = {a.arg for a in args.posonlyargs + args.args + args.kwonlyargs}
+            params |= {a.arg for a in (args.vararg, args.kwarg) if a is not None}
+            body = n.body if isinstance(n.body, list) else [n.body]
+            local = set().union(*(_bound_in(b) for b in body)) if body else set()
+            inner = [name for b in body for name, _ in _loads_in(b, True)]
+            out.extend((name, True) for name in inner if name not in params | local)
+            return
+        if isinstance(n, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            targets = set().union(*(_bound_in(g.target) for g in n.generators))
+            for g in n.generators:
+                out.extend((nm, d) for nm, d in _loads_in(g.iter, deferred) if nm not in targets)
+                for cond in g.ifs:
+                    out.extend((nm, d) for nm, d in _loads_in(cond, deferred) if nm not in targets)
+            elts = [n.key, n.value] if isinstance(n, ast.DictComp) else [n.elt]
+            for e in elts:
+                out.extend((nm, d) for nm, d in _loads_in(e, deferred) if nm not in targets)
+            return
+        if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load):
+            out.append((n.id, deferred))
+        if isinstance(n, ast.AugAssign) and isinstance(n.target, ast.Name):
+            out.append((n.target.id, deferred))  # x += 1 reads x first
+        for child in ast.iter_child_nodes(n):
+            visit(child, deferred)
+
+    visit(node, deferred)
+    return out
+
+
+def free_names(source: str, allowed=()) -> set[str]:
+    """Names a cell reads that it does not define itself (before use), import, or find in ``allowed``.
+
+    Statement by statement: a name read by a statement must be bound by an earlier statement of
+    the cell (or by the statement itself, e.g. a loop variable), be a builtin, or be ``allowed``
+    (the student's functions). A name read inside a function the cell defines may be bound
+    anywhere in the cell (the function runs later).
+    """
+    tree = ast.parse(source.replace("%", "#"))
+    everywhere = set().union(*(_bound_in(st) for st in tree.body)) if tree.body else set()
+    ok = _ALWAYS_THERE | set(allowed)
+    bound: set[str] = set()
+    free: set[str] = set()
+    for st in tree.body:
+        here = _bound_in(st)
+        if isinstance(st, ast.AugAssign) and isinstance(st.target, ast.Name):
+            here = here - {st.target.id}  # n += 1 reads n before it binds it
+        for name, deferred in _loads_in(st):
+            if name in ok or name in bound or name in here or (deferred and name in everywhere):
+                continue
+            free.add(name)
+        bound |= here
+    return free
+
+
 def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
     """Problems with a master notebook (empty list: it follows the conventions)."""
     path = pathlib.Path(path)
@@ -158,6 +262,13 @@ def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
         problems.append("the first cell is not the generated setup cell (run: python -m rl4lmt.grading.author stamp)")
     ids = set()
     graded = 0
+    students: set[str] = set()  # the functions the student writes: the only names a test cell may take from elsewhere
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("solution"):
+            try:
+                students |= defined_names(cell.source)
+            except SyntaxError:
+                pass  # reported below
     for i, cell in enumerate(nb.cells):
         md = cell.metadata.get("nbgrader")
         if cell.cell_type == "code" and cell.get("outputs"):
@@ -189,6 +300,15 @@ def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
                     problems.append(f"cell {i} ({gid}): hidden tests without an end marker")
                 if not any(line.strip().lower().startswith("# hint:") for line in hidden_lines(src)):
                     problems.append(f"cell {i} ({gid}): hidden tests without a '# hint: ...' line")
+            if cell.cell_type == "code":
+                try:
+                    free = free_names(src, students)
+                except SyntaxError:
+                    free = set()  # reported below
+                if free:
+                    problems.append(f"cell {i} ({gid}): test cell reads {', '.join(sorted(free))} from other cells; "
+                                    "a test cell imports and rebuilds what it uses (only the student's functions "
+                                    f"{', '.join(sorted(students)) or '(none)'} may come from elsewhere)")
         if cell.cell_type == "code":
             try:
                 ast.parse(src.replace("%", "#"))
