@@ -508,3 +508,27 @@ def test_train_reinforce_lm_smoke(world_lm):
     with pytest.raises(ValueError, match="reward_fn"):
         pg.reinforce_lm_step(policy, ref, tok, lambda ts: [0.0], torch.optim.SGD(policy.parameters(), 0.1),
                              batch_size=3, max_new_tokens=2)
+
+
+# ---------------------------------------------------------------- PPO on CartPole
+def test_train_ppo_balances_cartpole_and_keeps_updates_small():
+    returns, stats = pg.train_ppo(iterations=25, episodes_per_iteration=8, seed=0, max_episode_steps=200,
+                                  progress=False)
+    assert returns.shape == (200,)
+    # a random policy balances the pole for ~20 steps; PPO must get most of the way to the 200 cap
+    assert returns[:16].mean() < 40
+    assert returns[-16:].mean() > 150
+    assert len(stats) == 25
+    # the clipped objective keeps each update near the data-collecting policy
+    assert max(s["mean_approx_kl"] for s in stats) < 0.1
+    assert all(0.0 <= s["mean_clipfrac"] <= 1.0 for s in stats)
+
+
+def test_train_ppo_is_seeded_and_checks_input():
+    a, _ = pg.train_ppo(iterations=2, episodes_per_iteration=2, seed=3, max_episode_steps=50, progress=False)
+    b, _ = pg.train_ppo(iterations=2, episodes_per_iteration=2, seed=3, max_episode_steps=50, progress=False)
+    np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="epochs"):
+        pg.train_ppo(epochs=0, progress=False)
+    with pytest.raises(ValueError, match="clip_eps"):
+        pg.train_ppo(clip_eps=0.0, progress=False)

@@ -26,7 +26,8 @@ What lives here, in the order chapter 4 teaches it:
    :func:`td_advantages` (one-step advantage :math:`\\delta_t`); GAE lives in ``rl4lmt.ppo``;
 5. a gymnasium control task: :func:`collect_episodes`, :func:`train_reinforce` (REINFORCE,
    REINFORCE with a learned baseline, one-step actor-critic on e.g. CartPole-v1);
-6. trust regions: :func:`ppo_clip_loss` (PPO's clipped surrogate, Schulman et al. 2017);
+6. trust regions: :func:`ppo_clip_loss` (PPO's clipped surrogate, Schulman et al. 2017), and
+   :func:`train_ppo`, a short PPO on a gymnasium task (e.g. CartPole-v1) with that loss;
 7. an LM as a policy: :func:`sample_rollouts` (``generate`` + per-token log-probs),
    :func:`response_logprobs`, :func:`sequence_kl` (sample estimate of KL to the reference
    model), :func:`exact_token_kl` (the exact per-token KL summed over the sequence),
@@ -70,6 +71,7 @@ __all__ = [
     "exact_token_kl",
     "reinforce_lm_step",
     "train_reinforce_lm",
+    "train_ppo",
 ]
 
 
@@ -810,3 +812,94 @@ def train_reinforce_lm(
         history.append(stats)
         bar.set_postfix(reward=f"{stats['reward']:.2f}", kl=f"{stats['kl']:.2f}", refresh=False)
     return history
+
+
+# ----------------------------------------------------------------------------------------------
+# 8. PPO on a gymnasium control task: the clipped surrogate, seen working
+# ----------------------------------------------------------------------------------------------
+def train_ppo(
+    env_id: str = "CartPole-v1",
+    *,
+    iterations: int = 25,
+    episodes_per_iteration: int = 8,
+    epochs: int = 4,
+    minibatches: int = 4,
+    clip_eps: float = 0.2,
+    gamma: float = 0.99,
+    lr: float = 3e-3,
+    value_lr: float = 1e-2,
+    hidden: int = 32,
+    seed: int = 0,
+    max_episode_steps: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, list[dict]]:
+    """PPO with the clipped surrogate (Schulman et al. 2017) on a gymnasium task, in its simplest form.
+
+    Each iteration collects ``episodes_per_iteration`` episodes with :math:`\\pi_{\\theta_{old}}`
+    (the current policy), records :math:`\\log\\pi_{\\theta_{old}}(a_t \\mid s_t)` and the advantages
+    :math:`\\hat A_t = G_t - \\hat v(S_t)` (returns-to-go minus the critic, normalised over the
+    batch), then makes ``epochs`` passes over the batch in ``minibatches`` random minibatches of
+    time steps, each an Adam step on :func:`ppo_clip_loss` for the policy and on
+    :func:`value_loss` (towards :math:`G_t`) for the critic. Reusing one batch for
+    ``epochs * minibatches`` steps is what the clipping makes safe; with ``epochs=1,
+    minibatches=1`` this is REINFORCE with a baseline (one step at :math:`r_t = 1`).
+
+    Returns:
+        ``(returns, stats)``: the undiscounted return of every episode, float array
+        ``(iterations * episodes_per_iteration,)``, and per iteration a dict with the last
+        minibatch's ``approx_kl`` and ``clipfrac`` and the mean over the update.
+
+    Taught in chapter 4, "PPO on CartPole".
+    """
+    import gymnasium as gym
+    from tqdm.auto import tqdm
+
+    for name, value in (("iterations", iterations), ("episodes_per_iteration", episodes_per_iteration),
+                        ("epochs", epochs), ("minibatches", minibatches)):
+        _check_positive_int(name, value)
+    gamma = _check_gamma(gamma)
+    if isinstance(clip_eps, bool) or not isinstance(clip_eps, (int, float)) or not clip_eps > 0:
+        raise ValueError(f"clip_eps must be a positive number, got {clip_eps!r}")
+    set_seed(seed)
+    kwargs = {} if max_episode_steps is None else {"max_episode_steps": max_episode_steps}
+    envs = [gym.make(env_id, **kwargs) for _ in range(episodes_per_iteration)]
+    obs_dim = int(np.prod(envs[0].observation_space.shape))
+    policy, critic = MLPPolicy(obs_dim, int(envs[0].action_space.n), hidden), MLPValue(obs_dim, hidden)
+    opt_pi = torch.optim.Adam(policy.parameters(), lr=lr)
+    opt_v = torch.optim.Adam(critic.parameters(), lr=value_lr)
+    gen = torch.Generator().manual_seed(seed)  # minibatch shuffling
+    history, stats = [], []
+    for it in tqdm(range(iterations), disable=not progress, desc=f"PPO seed {seed}", mininterval=1.0):
+        first = [1000 * seed + k for k in range(len(envs))] if it == 0 else None
+        eps = collect_episodes(envs, policy, first)
+        history += [float(e.rewards.sum()) for e in eps]
+        # flatten the batch to time steps: PPO's minibatches mix steps of different episodes
+        obs = torch.cat([e.obs for e in eps])  # (N, obs_dim)
+        actions = torch.cat([e.actions for e in eps])  # (N,)
+        returns = torch.cat([discounted_returns(e.rewards, gamma) for e in eps])  # (N,) G_t
+        with torch.no_grad():
+            old_logp = policy.dist(obs).log_prob(actions)  # log pi_old, fixed for the whole update
+            adv = normalize_advantages(returns - critic(obs))  # A_t = G_t - v(S_t), then z-scored
+        n = len(actions)
+        size = max(1, n // minibatches)
+        kls, clips = [], []
+        for _ in range(epochs):
+            order = torch.randperm(n, generator=gen)
+            for start in range(0, n, size):
+                idx = order[start:start + size]
+                loss_pi, info = ppo_clip_loss(policy.dist(obs[idx]).log_prob(actions[idx]), old_logp[idx], adv[idx],
+                                              clip_eps=clip_eps)
+                opt_pi.zero_grad(set_to_none=True)
+                loss_pi.backward()
+                opt_pi.step()
+                loss_v = value_loss(critic(obs[idx]), returns[idx])
+                opt_v.zero_grad(set_to_none=True)
+                loss_v.backward()
+                opt_v.step()
+                kls.append(info["approx_kl"])
+                clips.append(info["clipfrac"])
+        stats.append({"approx_kl": kls[-1], "clipfrac": clips[-1],
+                      "mean_approx_kl": float(np.mean(kls)), "mean_clipfrac": float(np.mean(clips))})
+    for env in envs:
+        env.close()
+    return np.asarray(history), stats
