@@ -278,13 +278,19 @@ def test_sinusoidal_positions_equal_distilbert(n, d):
     torch.testing.assert_close(lm.sinusoidal_positions(n, d), ref, atol=1e-6, rtol=0)
 
 
-def test_sinusoidal_positions_by_the_formula():
-    pe = lm.sinusoidal_positions(9, 6)
-    for t in range(9):
-        for k in range(3):
-            w = 1 / 10000 ** (2 * k / 6)
-            assert pe[t, 2 * k].item() == pytest.approx(math.sin(w * t), abs=1e-6)
-            assert pe[t, 2 * k + 1].item() == pytest.approx(math.cos(w * t), abs=1e-6)
+def test_sinusoidal_positions_depend_on_relative_offsets_only():
+    """The property the encoding is for (Vaswani et al. 2017): <PE(t), PE(t+k)> depends on k only,
+    each (sin, cos) pair has unit norm, and position 0 is (0, 1, 0, 1, ...)."""
+    pe = lm.sinusoidal_positions(40, 8).double()
+    torch.testing.assert_close(pe[:, 0::2] ** 2 + pe[:, 1::2] ** 2, torch.ones(40, 4, dtype=torch.float64))
+    torch.testing.assert_close(pe[0], torch.tensor([0.0, 1.0] * 4, dtype=torch.float64))
+    gram = pe @ pe.T
+    for k in (1, 3, 10):
+        diag = torch.diagonal(gram, offset=k)
+        torch.testing.assert_close(diag, diag[:1].expand_as(diag), atol=1e-5, rtol=0)
+    # the first pair turns by exactly one radian per position; the last one far more slowly
+    assert pe[1, 0].item() == pytest.approx(math.sin(1.0), abs=1e-6)
+    assert 0 < pe[1, -2].item() < 0.01
 
 
 def test_sinusoidal_positions_reject_bad_input():
