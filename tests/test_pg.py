@@ -428,7 +428,20 @@ def test_sequence_kl_and_exact_token_kl(world_lm):
         logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask).logits[:, :-1]
         ref_logits = ref(input_ids=roll.input_ids, attention_mask=roll.attention_mask).logits[:, :-1]
     kl = pg.sequence_kl(lp, rlp, roll.response_mask)
-    torch.testing.assert_close(kl, ((lp - rlp) * roll.response_mask).sum(-1))
+    # reference: log pi(y) - log pi_ref(y) of each response text, scored by rl4lmt.lm's teacher
+    # forcing (its own tokenisation, padding and shift), with the EOS where the rollout ended
+    from rl4lmt.lm import token_logprobs
+
+    checked = 0
+    for ended in (True, False):
+        rows = [i for i in range(400) if bool(roll.finished[i]) == ended and "<" not in roll.texts[i]]
+        texts = [roll.texts[i] for i in rows]
+        with torch.no_grad():
+            want = (token_logprobs(model, tok, texts, add_eos=ended).logprobs.sum(-1)
+                    - token_logprobs(ref, tok, texts, add_eos=ended).logprobs.sum(-1))
+        torch.testing.assert_close(kl[rows], want.to(kl), rtol=1e-4, atol=1e-4)
+        checked += len(rows)
+    assert checked > 300, checked
     torch.testing.assert_close(pg.sequence_kl(lp, lp, roll.response_mask), torch.zeros(400))
     exact = pg.exact_token_kl(logits, ref_logits, roll.response_mask)
     # each term against torch's kl_div (KL(p || q) with input = log q, target = log p)
