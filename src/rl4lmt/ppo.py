@@ -72,7 +72,16 @@ __all__ = [
     "PPORollout",
     "rollout",
     "train_ppo",
+    "POLICY",
+    "REWARD_MODEL",
+    "RLHFTask",
+    "load_task",
 ]
+
+#: The models chapter 7 starts from (the one place to change them): the SFT policy of chapter 5
+#: and the reward model of chapter 6, both ``rl4lmt.zoo`` names.
+POLICY = "tiny-reviews"
+REWARD_MODEL = "tiny-reviews-rm"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -720,3 +729,45 @@ def train_ppo(
         history.append(stats)
         bar.set_postfix(proxy=f"{stats['reward/proxy']:.2f}", kl=f"{stats['kl/ref']:.2f}", refresh=False)
     return history
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's task: instructions, the shipped reward model as proxy, the world as gold
+# ----------------------------------------------------------------------------------------------
+class RLHFTask(NamedTuple):
+    """Everything a chapter-7 run needs: models, prompts, the proxy reward and the gold reward."""
+
+    policy: nn.Module
+    ref: nn.Module
+    tokenizer: object
+    reward_model: nn.Module
+    prompts: list
+    eval_prompts: list
+    reward_fn: Callable
+    gold_fn: Callable
+
+
+def load_task(n_prompts: int = 256, n_eval: int = 64, *, device=None, seed: int = 0) -> RLHFTask:
+    """The RLHF task of chapter 7: :data:`POLICY` (trained copy and frozen reference), the reward
+    model :data:`REWARD_MODEL` as the proxy reward ``reward_fn(prompts, responses)`` (its score of
+    ``<bos> prompt response <eos>``, :func:`rl4lmt.reward.score`), and the world's gold reward
+    ``gold_fn`` = ``TinyReviews.instruction_score`` (in [0, 1]); prompts are world instructions
+    ("write a positive review about the music :"), ``n_prompts`` for training and ``n_eval`` other
+    ones for evaluation, drawn with ``seed``.
+    """
+    from rl4lmt import reward, zoo
+    from rl4lmt.world import TinyReviews
+
+    world = TinyReviews()
+    policy, tokenizer = zoo.load(POLICY, device=device)
+    ref = copy.deepcopy(policy).eval()
+    rm, _ = zoo.load(REWARD_MODEL, device=device)
+    instructions = [x for x, _ in world.instructions(n_prompts + n_eval, seed=seed)]
+
+    def reward_fn(prompts, responses):
+        return reward.score(rm, tokenizer, prompts, responses).tolist()
+
+    def gold_fn(prompts, responses):
+        return [world.instruction_score(x, y) for x, y in zip(prompts, responses)]
+
+    return RLHFTask(policy, ref, tokenizer, rm, instructions[:n_prompts], instructions[n_prompts:], reward_fn, gold_fn)
