@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test lint venv clean-book model reward-model exercises bench chromium
+.PHONY: book test lint venv clean-book model sft-model reward-model exercises bench chromium
 
 venv: $(STAMP)
 
@@ -57,6 +57,10 @@ chromium:
 ## make model: retrain the shipped tiny GPT-2 on the TinyReviews world (same seed, same weights).
 model: $(STAMP)
 	$(PY) -m rl4lmt.zoo train
+
+## make sft-model: retrain the shipped instruction-tuned tiny-reviews-sft (chapter 5; same seed, same weights).
+sft-model: $(STAMP)
+	$(PY) -m rl4lmt.sft train
 
 ## make reward-model: retrain the shipped reward model tiny-reviews-rm (chapter 6; same seed, same weights).
 reward-model: $(STAMP)

@@ -10,6 +10,9 @@ puts the world's vocabulary first, in order, so token id ``i < len(world.vocab)`
 Rebuild the shipped model (same seed, same weights on the same machine)::
 
     python -m rl4lmt.zoo train            # or: make model
+
+``"tiny-reviews-sft"`` is that model after supervised fine-tuning on the world's instructions
+(chapter 5, RLHF's SFT policy), rebuilt by ``python -m rl4lmt.sft train`` (or ``make sft-model``).
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from rl4lmt.world import EOS, TinyReviews
 __all__ = ["load", "build_tokenizer", "TinyGPTConfig", "train", "checkpoint_dir", "SHIPPED"]
 
 PAD, UNK = "<pad>", "<unk>"
-SHIPPED = ("tiny-reviews",)
+SHIPPED = ("tiny-reviews", "tiny-reviews-sft")  # causal LMs; "-sft": chapter 5's instruction-tuned model
 REWARD_MODELS = ("tiny-reviews-rm",)  # shipped GPT2ForSequenceClassification reward models (chapter 6)
 
 
@@ -188,7 +191,8 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
     """Load ``(model, tokenizer)``: a shipped checkpoint by its name, or any hub name.
 
     ``"tiny-reviews"`` is the GPT-2 pretrained on the TinyReviews world that ships with the
-    package (works offline); ``"tiny-reviews-rm"`` is chapter 6's reward model, a
+    package (works offline), ``"tiny-reviews-sft"`` the same model instruction-tuned (chapter 5);
+    ``"tiny-reviews-rm"`` is chapter 6's reward model, a
     ``GPT2ForSequenceClassification`` (one score per text, read at its last real token). Other
     names go to transformers' ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` (a hub
     id or a local folder); offline, a name that is not in the local cache fails with an
@@ -216,7 +220,8 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
         if not (path / "model.safetensors").exists():
             raise FileNotFoundError(
                 f"the shipped checkpoint {name!r} is missing from {path}; rebuild it with "
-                "`python -m rl4lmt.zoo train` (or reinstall the package)")
+                f"`python -m rl4lmt.{'sft' if name == 'tiny-reviews-sft' else 'zoo'} train` "
+                "(or reinstall the package)")
         with _quiet_loading():  # no "Loading weights" bar on every book page
             model = GPT2LMHeadModel.from_pretrained(path)
         model.loss_type = "ForCausalLM"  # transformers 5 leaves it unset and warns on `labels=`
