@@ -384,3 +384,26 @@ def test_checker_rejects_a_test_cell_that_reads_another_cells_name(tmp_path):
 
     nbformat.write(m.nb, path / "ch99-demo.ipynb")
     assert check_master(path, url="https://example.org/course") == []
+
+
+def test_course_root_comes_from_nbgrader_config_not_the_install(tmp_path, monkeypatch, root):
+    """A wheel install grades too: the course is the folder with nbgrader_config.py, found from the cwd."""
+    import shutil
+
+    import rl4lmt.grading as g
+    from rl4lmt.grading.cli import _root
+
+    course = tmp_path / "course"
+    (course / "submitted" / "alice").mkdir(parents=True)
+    for name in ("nbgrader_config.py", "_config.yml"):
+        shutil.copy(root / name, course / name)
+    shutil.copytree(root / "solutions" / A, course / "solutions" / A)
+    monkeypatch.setattr(g, "ROOT", tmp_path / "site-packages")  # where a wheel puts the package: no course there
+    monkeypatch.chdir(course / "submitted" / "alice")
+    assert g.course_root() == course and _root(None) == course
+    from rl4lmt.grading.author import main
+
+    assert main(["check"]) == 0  # the copy's masters, with the copy's _config.yml
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="not inside a course directory"):
+        g.course_root()

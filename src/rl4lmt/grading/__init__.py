@@ -68,10 +68,29 @@ import re
 
 import numpy as np
 
-__all__ = ["setup_cell_source", "repository_url", "check_close", "ROOT"]
+__all__ = ["setup_cell_source", "repository_url", "check_close", "course_root", "ROOT"]
 
-# The repository root when the package is installed editable from a checkout (instructor side).
+# The repository root when the package is installed editable from a checkout. Only a fallback:
+# the course is found from nbgrader_config.py (course_root), so a wheel install grades too.
 ROOT = pathlib.Path(__file__).resolve().parents[3]
+
+
+def course_root(start: str | pathlib.Path | None = None) -> pathlib.Path:
+    """The course directory: the nearest folder, from ``start`` (default: the current directory)
+    upwards, that holds ``nbgrader_config.py``.
+
+    Where none is found, the checkout this package is installed from (editable install) if it is a
+    course; else a ValueError naming ``start``.
+    """
+    here = pathlib.Path(start if start is not None else pathlib.Path.cwd()).resolve()
+    if here.is_file():
+        here = here.parent
+    for folder in (here, *here.parents):
+        if (folder / "nbgrader_config.py").is_file():
+            return folder
+    if start is None and (ROOT / "nbgrader_config.py").is_file():
+        return ROOT
+    raise ValueError(f"start {str(here)!r} is not inside a course directory (no nbgrader_config.py in it or above it)")
 
 
 def repository_url(config_path: str | pathlib.Path | None = None) -> str:
@@ -79,7 +98,7 @@ def repository_url(config_path: str | pathlib.Path | None = None) -> str:
 
     Only needed at generation time on the instructor's machine; notebooks never call it.
     """
-    path = pathlib.Path(config_path) if config_path is not None else ROOT / "_config.yml"
+    path = pathlib.Path(config_path) if config_path is not None else course_root() / "_config.yml"
     if not path.is_file():
         raise ValueError(f"config_path {str(path)!r} does not exist (run from a course checkout)")
     import yaml  # jupyter-book's dependency; needed on the instructor's machine only

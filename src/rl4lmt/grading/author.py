@@ -41,7 +41,7 @@ import textwrap
 
 import nbformat
 
-from rl4lmt.grading import ROOT, setup_cell_source
+from rl4lmt.grading import course_root, repository_url, setup_cell_source
 
 __all__ = ["Master", "check_master", "stamp_setup_cells", "free_names", "defined_names"]
 
@@ -65,6 +65,7 @@ class Master:
         if not re.match(r"^ch\d\d-[a-z0-9-]+$", assignment):
             raise ValueError(f"assignment must look like 'chNN-topic', got {assignment!r}")
         self.assignment = assignment
+        self.url = url
         self.nb = nbformat.v4.new_notebook()
         self.nb.metadata = {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
                             "language_info": {"name": "python"}}
@@ -102,13 +103,13 @@ class Master:
 
     def write(self, root: str | pathlib.Path | None = None) -> pathlib.Path:
         """Write ``solutions/<assignment>/<assignment>.ipynb`` and check it against the conventions."""
-        folder = pathlib.Path(root or ROOT) / "solutions" / self.assignment
+        folder = pathlib.Path(root or course_root()) / "solutions" / self.assignment
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.assignment}.ipynb"
         for i, cell in enumerate(self.nb.cells):  # stable ids: regenerating a master changes nothing
             cell.id = cell.metadata.get("nbgrader", {}).get("grade_id") or f"cell-{i:02d}"
         nbformat.write(self.nb, path)
-        problems = check_master(path)
+        problems = check_master(path, url=self.url)
         if problems:
             raise ValueError(f"master {path} breaks the conventions:\n- " + "\n- ".join(problems))
         return path
@@ -256,6 +257,8 @@ def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
         return [f"{path} does not exist"]
     nb = nbformat.read(path, as_version=4)
     problems: list[str] = []
+    if url is None:  # the repository address of the course this master belongs to
+        url = repository_url(course_root(path) / "_config.yml")
     if path.stem != path.parent.name:
         problems.append(f"notebook {path.name} should be named after its folder {path.parent.name}")
     if not nb.cells or nb.cells[0].source != setup_cell_source(url):
@@ -322,8 +325,9 @@ def check_master(path: str | pathlib.Path, url: str | None = None) -> list[str]:
 def stamp_setup_cells(root: str | pathlib.Path | None = None, url: str | None = None) -> list[pathlib.Path]:
     """Make the first cell of every master the generated setup cell; return the masters changed."""
     changed = []
-    src = setup_cell_source(url)
-    for path in sorted((pathlib.Path(root or ROOT) / "solutions").glob("ch*/ch*.ipynb")):
+    root = pathlib.Path(root or course_root())
+    src = setup_cell_source(url if url is not None else repository_url(root / "_config.yml"))
+    for path in sorted((root / "solutions").glob("ch*/ch*.ipynb")):
         nb = nbformat.read(path, as_version=4)
         first = nb.cells[0] if nb.cells else None
         if first is not None and first.metadata.get("nbgrader", {}).get("grade_id") == "setup":
@@ -348,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         for path in stamp_setup_cells():
             print(f"stamped {path}")
         return 0
-    paths = args.paths or sorted(str(q) for q in (ROOT / "solutions").glob("ch*") if q.is_dir())
+    paths = args.paths or sorted(str(q) for q in (course_root() / "solutions").glob("ch*") if q.is_dir())
     bad = 0
     for path in paths:
         problems = check_master(path)

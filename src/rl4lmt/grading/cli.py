@@ -26,10 +26,15 @@ __all__ = ["main", "release", "grade", "report", "class_report"]
 
 
 def _root(root: str | os.PathLike | None) -> pathlib.Path:
-    path = pathlib.Path(root or os.getcwd()).resolve()
-    if not (path / "nbgrader_config.py").is_file():
-        raise ValueError(f"root {str(path)!r} is not a course directory (no nbgrader_config.py)")
-    return path
+    """The course directory: from ``root`` (or the current directory) upwards, the folder with nbgrader_config.py."""
+    from rl4lmt.grading import course_root
+
+    if root is not None:
+        path = pathlib.Path(root).resolve()
+        if not (path / "nbgrader_config.py").is_file():
+            raise ValueError(f"root {str(path)!r} is not a course directory (no nbgrader_config.py)")
+        return path
+    return course_root()
 
 
 def _nbgrader(args: list[str], root: pathlib.Path, env: dict | None = None, timeout: float | None = None):

@@ -12,7 +12,7 @@ import shutil
 
 import nbformat
 
-from rl4lmt.grading import ROOT
+from rl4lmt.grading import course_root
 from rl4lmt.grading.author import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, hidden_lines, solution_lines
 
 __all__ = ["assignments", "build_course", "solved_from_master", "submit", "scores", "secret_lines", "flatten"]
@@ -20,14 +20,14 @@ __all__ = ["assignments", "build_course", "solved_from_master", "submit", "score
 
 def assignments(root: str | pathlib.Path | None = None) -> list[str]:
     """Every assignment folder in ``solutions/``."""
-    return sorted(p.name for p in (pathlib.Path(root or ROOT) / "solutions").glob("ch*") if p.is_dir())
+    return sorted(p.name for p in (pathlib.Path(root or course_root()) / "solutions").glob("ch*") if p.is_dir())
 
 
 def build_course(dest: str | pathlib.Path, names: list[str] | None = None, root=None) -> pathlib.Path:
     """A fresh course directory at ``dest`` with the given masters released by nbgrader."""
     from rl4lmt.grading.cli import release
 
-    root, dest = pathlib.Path(root or ROOT), pathlib.Path(dest)
+    root, dest = pathlib.Path(root or course_root()), pathlib.Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     for name in ("nbgrader_config.py", "_config.yml"):
         shutil.copy(root / name, dest / name)
