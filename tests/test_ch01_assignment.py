@@ -17,12 +17,17 @@ WRONG = {  # task -> {mistake: body}; each must fail the task's tests
         "floats only (math.log2)": "return -math.log2(p)",
     },
     "perplexity": {
+        "product of probabilities (underflows on long batches)": "m = mask.to(logp.dtype)\n    prob = torch.exp(logp * m).prod()\n    return float(prob ** (-1.0 / m.sum()))",
+        "zeroes the padding of logp in place": "logp.mul_(mask.to(logp.dtype))\n    return float(torch.exp(-logp.sum() / mask.sum()))",
+        "returns a tensor, not a float": "m = mask.to(logp.dtype)\n    return torch.exp(-(logp * m).sum() / m.sum())",
         "padding counted": "return float(torch.exp(-logp.mean()))",
         "mean of per-text means": "m = mask.to(logp.dtype)\n    return float(torch.exp((-(logp * m).sum(1) / m.sum(1)).mean()))",
         "base 2 with natural logs": "m = mask.to(logp.dtype)\n    return float(2 ** (-(logp * m).sum() / m.sum()))",
         "divided by all entries": "m = mask.to(logp.dtype)\n    return float(torch.exp(-(logp * m).sum() / m.numel()))",
     },
     "next_token_logprobs": {
+        "log of a softmax (-inf on extreme logits)": "return torch.log(torch.softmax(logits[:, :-1], -1)).gather(-1, input_ids[:, 1:, None]).squeeze(-1)",
+        "exp of unshifted logits (overflows)": "z = logits[:, :-1]\n    lse = torch.log(torch.exp(z).sum(-1, keepdim=True))\n    return (z - lse).gather(-1, input_ids[:, 1:, None]).squeeze(-1)",
         "no shift": "return torch.log_softmax(logits, -1)[:, :-1].gather(-1, input_ids[:, :-1, None]).squeeze(-1)",
         "shift the wrong way": "return torch.log_softmax(logits[:, 1:], -1).gather(-1, input_ids[:, :-1, None]).squeeze(-1)",
         "softmax, not log-softmax": "return torch.softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)",
@@ -34,6 +39,8 @@ WRONG = {  # task -> {mistake: body}; each must fail the task's tests
         "float 0/1 mask": "return torch.ones(n, n).tril()",
     },
     "attention": {
+        "exp of unshifted scores (overflows)": "s = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    e = torch.exp(s)\n    return (e / e.sum(-1, keepdim=True)) @ v",
+        "scales q in place": "q.div_(math.sqrt(q.shape[-1]))\n    s = q @ k.transpose(-2, -1)\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
         "no 1/sqrt(d)": "s = q @ k.transpose(-2, -1)\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
         "1/d instead of 1/sqrt(d)": "s = q @ k.transpose(-2, -1) / q.shape[-1]\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",
         "sqrt of the value dim": "s = q @ k.transpose(-2, -1) / math.sqrt(v.shape[-1])\n    if attn_mask is not None: s = s.masked_fill(~attn_mask, float('-inf'))\n    return s.softmax(-1) @ v",

@@ -11,6 +11,15 @@ from rl4lmt.grading.mutants import MutationSuite
 
 WRONG = {  # task -> {mistake: body}; each must fail the task's tests
     "returns_to_go": {
+        "accumulates in place in the caller's rewards":
+            "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    for t in range(rewards.shape[-1] - 2, -1, -1):\n"
+            "        rewards[..., t] += gamma * rewards[..., t + 1]\n    return rewards",
+        "discounts from step 0, then divides by gamma^t (underflows on long episodes)":
+            "r = torch.as_tensor(rewards, dtype=torch.float32)\n    d = torch.tensor(float(gamma)) ** torch.arange(r.shape[-1], dtype=torch.float32)\n"
+            "    if gamma == 0:\n        return r.clone()\n    return (r * d).flip(-1).cumsum(-1).flip(-1) / d",
+        "returns a NumPy array":
+            "r = np.asarray(rewards, dtype=np.float32)\n    out = np.zeros_like(r)\n    run = np.zeros(r.shape[:-1], np.float32)\n"
+            "    for t in reversed(range(r.shape[-1])):\n        run = r[..., t] + gamma * run\n        out[..., t] = run\n    return out",
         "accumulated forwards (not reversed)":
             "rewards = torch.as_tensor(rewards, dtype=torch.float32)\n    out = torch.zeros_like(rewards); run = torch.zeros_like(rewards[..., 0])\n"
             "    for t in range(rewards.shape[-1]):\n        run = rewards[..., t] + gamma * run\n        out[..., t] = run\n    return out",

@@ -15,8 +15,9 @@ Each case replaces the lines between the solution markers of the task's cell by 
 ``needs[task]`` (with the master's solutions), then runs the task's test cell (``<task>_tests``,
 visible and hidden tests) in a namespace that holds ONLY the functions defined by solution cells:
 a test cell that reads anything else from another cell fails with a ``NameError`` here, as the
-self-containment rule of the course says it must not. Like nbgrader, which scores a graded cell 0
-when it writes to stderr, a warning or stderr output counts as a failure.
+self-containment rule of the course says it must not. As in the course's grader (whose
+``StderrIsNotFailure`` keeps a warning from costing points), a test fails only by raising.
+A mutant may also be an :class:`Edit` of the master's own solution (for long solutions).
 
 The report for the instructor (caught mutants per task, correct alternatives accepted)::
 
@@ -39,7 +40,7 @@ import warnings
 
 from rl4lmt.grading.author import master_code_cells
 
-__all__ = ["MutationSuite", "swap_solution", "solution_names"]
+__all__ = ["MutationSuite", "Edit", "swap_solution", "solution_names"]
 
 _SOL = re.compile(r"(### BEGIN SOLUTION\n)(.*?)(\n[ \t]*### END SOLUTION)", re.S)
 
@@ -55,6 +56,26 @@ def swap_solution(source: str, body: str, indent: str = "    ") -> str:
     # the body's first line is indented here; its other lines carry their own indentation ("a\n    b")
     text = indent + body.strip("\n").lstrip()
     return _SOL.sub(lambda m: m.group(1) + text + m.group(3), source, count=1)
+
+
+class Edit:
+    """A mutant written as edits of the master's own solution: ``Edit((old, new), ...)``.
+
+    Each ``old`` must occur exactly once in the master's solution cell; long solutions (a beam
+    search) get their plausible mistakes this way instead of as whole new bodies.
+    """
+
+    def __init__(self, *pairs: tuple[str, str]):
+        if not pairs or not all(isinstance(p, tuple) and len(p) == 2 for p in pairs):
+            raise ValueError("Edit takes (old, new) pairs")
+        self.pairs = pairs
+
+    def apply(self, source: str) -> str:
+        for old, new in self.pairs:
+            if source.count(old) != 1:
+                raise ValueError(f"Edit: {old!r} occurs {source.count(old)} times in the master's solution, not once")
+            source = source.replace(old, new)
+        return source
 
 
 def solution_names(cells: dict[str, str], solution_ids) -> set[str]:
@@ -80,12 +101,12 @@ class MutationSuite:
 
     def __init__(self, assignment: str, wrong: dict, right: dict, base=("setup", "imports"), needs=None,
                  root=None, master=None, strict_namespace: bool = True):
-        from rl4lmt.grading import ROOT
+        from rl4lmt.grading import course_root
 
         self.assignment = assignment
         self.wrong, self.right = wrong, right
         self.base, self.needs = list(base), dict(needs or {})
-        self.root = pathlib.Path(root or ROOT)
+        self.root = pathlib.Path(root or course_root())
         self.master = pathlib.Path(master) if master else self.root / "solutions" / assignment / f"{assignment}.ipynb"
         self.strict_namespace = strict_namespace
         self._cells = None
@@ -101,7 +122,7 @@ class MutationSuite:
 
     def base_namespace(self) -> dict:
         """The namespace after the ``base`` instructor cells (run once, then copied per case)."""
-        if self._base_ns is None:
+        if self._base_ns is None or not self.strict_namespace:  # loose: a mutant may have changed shared objects
             ns: dict = {"__name__": "__main__"}
             with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -110,7 +131,7 @@ class MutationSuite:
             self._base_ns = ns
         return self._base_ns
 
-    def verdict(self, task: str, body: str | None = None) -> str | None:
+    def verdict(self, task: str, body: str | Edit | None = None) -> str | None:
         """Run ``task`` (with ``body`` as its solution; None: the master's) and its tests.
 
         Returns None when the test cell passes, else what went wrong (the error, or the stderr output).
@@ -120,7 +141,9 @@ class MutationSuite:
         with contextlib.redirect_stdout(io.StringIO()):
             for gid in self.needs.get(task, []) + [task]:
                 src = cells[gid]
-                if gid == task and body is not None:
+                if gid == task and isinstance(body, Edit):
+                    src = body.apply(src)
+                elif gid == task and body is not None:
                     src = swap_solution(src, body)
                 exec(compile(src, gid, "exec"), ns)
         if self.strict_namespace:  # only the student's functions cross over into the test cell
@@ -129,16 +152,13 @@ class MutationSuite:
             test_ns.update({k: ns[k] for k in names if k in ns})
         else:
             test_ns = ns
-        err = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err), \
-                    warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                    warnings.catch_warnings():
+                warnings.simplefilter("ignore")
                 exec(compile(cells[f"{task}_tests"], f"{task}_tests", "exec"), test_ns)
         except Exception as exc:  # an assertion, or a crash inside the student's function
             return f"{type(exc).__name__}: {str(exc)[:300]}"
-        if caught or err.getvalue():
-            return f"output on stderr (nbgrader: no points): {[str(w.message) for w in caught]} {err.getvalue()[:300]}"
         return None
 
     # -- reports ------------------------------------------------------------------------------
@@ -187,7 +207,8 @@ def _load_suite(table: str) -> MutationSuite:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rl4lmt.grading.mutants", description=__doc__.splitlines()[0])
     p.add_argument("tables", nargs="+", help="test files that define SUITE (a MutationSuite)")
-    p.add_argument("--master", default=None, help="grade against this master notebook instead")
+    p.add_argument("--master", default=None, help="grade against this master notebook instead (a folder: <folder>/<assignment>.ipynb)")
+    p.add_argument("--loose", action="store_true", help="test cells see the whole notebook namespace (for old masters)")
     args = p.parse_args(argv)
     import os
 
@@ -197,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     for table in args.tables:
         suite = _load_suite(table)
         if args.master:
-            suite.master = pathlib.Path(args.master)
+            m = pathlib.Path(args.master)
+            suite.master = m / f"{suite.assignment}.ipynb" if m.is_dir() else m
+        if args.loose:
+            suite.strict_namespace = False
         rep = suite.report()
         c, w = sum(r["caught"] for r in rep.values()), sum(r["wrong"] for r in rep.values())
         a, r_ = sum(r["accepted"] for r in rep.values()), sum(r["right"] for r in rep.values())
