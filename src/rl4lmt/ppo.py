@@ -80,7 +80,7 @@ __all__ = [
 
 #: The models chapter 7 starts from (the one place to change them): the SFT policy of chapter 5
 #: and the reward model of chapter 6, both ``rl4lmt.zoo`` names.
-POLICY = "tiny-reviews"
+POLICY = "tiny-reviews-sft"
 REWARD_MODEL = "tiny-reviews-rm"
 
 
@@ -594,6 +594,7 @@ def train_ppo(
     *,
     critic: Critic | None = None,
     gold_fn: Callable[[list, list], Sequence[float]] | None = None,
+    callback: Callable[[int, dict], bool | None] | None = None,
     progress: bool = True,
 ) -> list[dict]:
     """Train ``policy`` in place with PPO on ``reward_fn``, leashed to ``ref``; return per-iteration stats.
@@ -601,6 +602,8 @@ def train_ppo(
     ``reward_fn(prompts, responses)`` and ``gold_fn`` (optional, only logged) return one number
     per response. ``critic`` defaults to ``Critic(policy)``; pass ``Critic(reward_model)`` to start
     the value head from the reward model. ``ref`` is only run under ``torch.no_grad()``.
+    ``callback(iteration, stats)`` runs after every iteration (e.g. to evaluate); returning True
+    stops training (e.g. at a wall-clock budget).
     Each iteration:
 
     1. draw ``batch_size`` prompts and sample a response to each (:func:`rollout`);
@@ -728,6 +731,8 @@ def train_ppo(
             beta = kl_ctl.update(stats["kl/ref"], cfg.batch_size)
         history.append(stats)
         bar.set_postfix(proxy=f"{stats['reward/proxy']:.2f}", kl=f"{stats['kl/ref']:.2f}", refresh=False)
+        if callback is not None and callback(len(history) - 1, stats):
+            break
     return history
 
 
