@@ -256,7 +256,7 @@ def main(argv=None) -> None:
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
     results["meta"] = {
         "command": "python benchmarks/rlhf_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "policy": ppo.POLICY, "reward_model": ppo.REWARD_MODEL, "seconds": args.seconds,
+        "policy": ppo.POLICY, "reward_model": ppo.REWARD_MODEL, "seconds": args.seconds, "kl_coef": args.kl_coef,
         "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": MAX_NEW_TOKENS,
         "eval_prompts": args.eval_prompts, "threads": 1, "machine": platform.machine(),
         "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],

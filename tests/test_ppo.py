@@ -422,6 +422,23 @@ def test_ppo_reaches_the_kl_regularised_optimum_on_an_enumerable_lm():
         assert not torch.equal(p, critic_before[n]), n
 
 
+def test_train_ppo_callback_stops_and_adaptive_beta_moves():
+    tok = _word_tokenizer(["a", "b"])
+    policy = _tiny_gpt2(len(tok), seed=5)
+    ref = copy.deepcopy(policy)
+    seen = []
+    cfg = ppo.PPOConfig(iterations=5, batch_size=8, minibatch_size=4, max_new_tokens=3, kl_coef=0.1, target_kl=1e-3,
+                        ppo_epochs=1, lr=1e-2, missing_eos_penalty=-1.0, seed=0)
+    hist = ppo.train_ppo(policy, ref, tok, lambda p, r: [float(len(x)) for x in r], ["a", "b a"], cfg,
+                         callback=lambda i, stats: seen.append(i) or i == 1, progress=False)
+    assert seen == [0, 1] and len(hist) == 2  # returning True stops after that iteration
+    assert hist[0]["kl/coef"] == 0.1 and hist[1]["kl/coef"] != 0.1  # the controller moved beta
+    with pytest.raises(TypeError, match="config"):
+        ppo.train_ppo(policy, ref, tok, lambda p, r: [0.0] * len(r), ["a"], {"iterations": 1})
+    with pytest.raises(ValueError, match="reward_fn"):
+        ppo.train_ppo(policy, ref, tok, lambda p, r: [0.0], ["a"], cfg, progress=False)
+
+
 def test_dpo_reaches_the_kl_regularised_optimum_on_a_tabular_policy():
     """A softmax policy over 6 responses, preferences from Bradley-Terry with reward r: minimising
     the population DPO loss (every ordered pair, weighted by its preference probability) must give
