@@ -545,3 +545,59 @@ def test_train_ppo_is_seeded_and_checks_input():
         pg.train_ppo(epochs=0, progress=False)
     with pytest.raises(ValueError, match="clip_eps"):
         pg.train_ppo(clip_eps=0.0, progress=False)
+
+
+def test_rollouts_ignore_a_polluted_generation_config():
+    """One sampler: the behaviour policy is the scored one whatever the checkpoint's generation_config.
+
+    A 2-word vocabulary and at most 2 new tokens: 21 possible responses, each with its exact
+    probability under the model (teacher forcing, enumerated). A generation_config with a
+    repetition penalty, suppressed tokens, a minimum length and top-k would make ``generate``
+    sample another distribution (checked: chi-square rejects it); sample_rollouts's frequencies
+    agree with the scored probabilities (chi-square, p > 0.001).
+    """
+    from scipy import stats
+
+    tok = _word_tokenizer(["a", "b"])
+    V = len(tok)  # <eos>, a, b, <pad>, <unk>
+    model = _tiny_gpt2(V, seed=5, n_embd=8)
+    seqs = [(0,)] + [(x, 0) for x in range(1, V)] + [(x, y) for x in range(1, V) for y in range(1, V)]
+    with torch.no_grad():
+        probs = torch.stack([
+            torch.log_softmax(model(torch.tensor([[0, *s]])).logits[0, :-1], -1)
+            .gather(-1, torch.tensor(s)[:, None]).sum() for s in seqs]).exp().double()
+    assert math.isclose(float(probs.sum()), 1.0, rel_tol=1e-5)
+    probs = probs / probs.sum()  # float32 round-off: chisquare wants totals equal to 1e-8
+    index = {s: i for i, s in enumerate(seqs)}
+
+    def observed(responses):
+        counts = torch.zeros(len(seqs), dtype=torch.float64)
+        for r in responses:
+            r = tuple(r[: r.index(0) + 1] if 0 in r else r)
+            counts[index[r]] += 1
+        return counts
+
+    cfg = model.generation_config
+    cfg.repetition_penalty, cfg.suppress_tokens, cfg.min_new_tokens, cfg.top_k = 5.0, [2], 2, 3
+    n = 12_000
+    roll = pg.sample_rollouts(model, tok, n, max_new_tokens=2, generator=torch.Generator().manual_seed(0))
+    ours = observed([row[1:][m.bool()].tolist() for row, m in zip(roll.input_ids, roll.attention_mask[:, 1:])])
+    assert stats.chisquare(ours.numpy(), (probs * n).numpy()).pvalue > 1e-3
+
+    torch.manual_seed(0)  # the control: generate follows the polluted config
+    start = torch.zeros(n, 1, dtype=torch.long)
+    out = model.generate(start, attention_mask=torch.ones_like(start), do_sample=True, max_new_tokens=2,
+                         pad_token_id=0, eos_token_id=0)
+    theirs = observed([row[1:].tolist() for row in out])
+    assert stats.chisquare(theirs.numpy(), (probs * n).numpy()).pvalue < 1e-6
+
+
+def test_rollouts_are_seeded_by_their_generator_without_touching_the_global_one(world_lm):
+    world, tok, model = world_lm
+    state = torch.get_rng_state()
+    a = pg.sample_rollouts(model, tok, 8, max_new_tokens=5, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.get_rng_state(), state)  # the global generator was not used
+    b = pg.sample_rollouts(model, tok, 8, max_new_tokens=5, generator=torch.Generator().manual_seed(3))
+    assert a.texts == b.texts and torch.equal(a.input_ids, b.input_ids)
+    with pytest.raises(TypeError, match="generator"):
+        pg.sample_rollouts(model, tok, 2, generator=3)

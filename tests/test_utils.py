@@ -38,6 +38,42 @@ def test_get_device_prefers_cuda_only_when_present():
 
 
 def test_to_device_moves_nested_containers():
-    batch = {"ids": torch.zeros(2), "rest": [torch.ones(1), 3]}
-    moved = rl4lmt.to_device(batch, "cpu")
-    assert moved["ids"].device.type == "cpu" and moved["rest"][1] == 3
+    # "meta" is a device every machine has, and not the one the tensors start on: a no-op fails
+    from rl4lmt.pg import Rollout
+
+    roll = Rollout(torch.zeros(2, 3), torch.ones(2, 3), torch.ones(2, 2), ["a", "b"], torch.ones(2, dtype=torch.bool))
+    batch = {"ids": torch.zeros(2), "rest": [torch.ones(1), 3, (torch.ones(2),)], "roll": roll,
+             "net": torch.nn.Linear(2, 2)}
+    moved = rl4lmt.to_device(batch, "meta")
+    assert moved["ids"].is_meta and moved["rest"][0].is_meta and moved["rest"][2][0].is_meta
+    assert moved["rest"][1] == 3 and isinstance(moved["rest"][2], tuple)
+    assert isinstance(moved["roll"], Rollout) and moved["roll"].input_ids.is_meta and moved["roll"].texts == ["a", "b"]
+    assert moved["net"].weight.is_meta
+    assert not batch["ids"].is_meta  # tensors are moved, not changed in place
+
+
+def test_model_device_and_generator_checks():
+    from rl4lmt.utils import check_generator, model_device
+
+    assert model_device(torch.nn.Linear(2, 2)).type == "cpu"
+    assert model_device(torch.nn.Linear(2, 2).to("meta")).type == "meta"
+    assert model_device(torch.nn.ReLU()).type == "cpu"  # no parameters: the CPU
+    with pytest.raises(TypeError, match="model"):
+        model_device("gpt2")
+    check_generator(None, "cpu")
+    check_generator(torch.Generator(), "cpu")
+    with pytest.raises(ValueError, match="generator is on cpu but the model is on cuda"):
+        check_generator(torch.Generator(), "cuda")
+    with pytest.raises(TypeError, match="generator"):
+        check_generator(0, "cpu")
+
+
+def test_one_model_device_helper():
+    """lm and pg use utils.model_device; no module keeps a copy of its own."""
+    import inspect
+
+    from rl4lmt import decoding, lm, pg, utils
+
+    assert lm._model_device is utils.model_device and pg.model_device is utils.model_device
+    for module in (decoding, lm, pg):
+        assert "next(model.parameters()).device" not in inspect.getsource(module), module.__name__

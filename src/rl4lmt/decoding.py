@@ -22,11 +22,12 @@ greedy and beam search land from the mode. ``distinct_n`` measures the diversity
 """
 from __future__ import annotations
 
-import heapq
 import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
+
+from rl4lmt.utils import best_first_search, check_generator, model_device
 
 __all__ = [
     "temperature_scale",
@@ -77,6 +78,11 @@ def _check_token_id(name: str, value, allow_none: bool = True) -> int | None:
     if value is None and allow_none:
         return None
     return _check_int(name, value, 0)
+
+
+def _on_model_device(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """The course's device convention: the prompts go to the model's device (a torch module's)."""
+    return input_ids.to(model_device(model)) if isinstance(model, torch.nn.Module) else input_ids
 
 
 def _vocab_size(model) -> int:
@@ -270,6 +276,7 @@ def greedy(
     _check_int("max_new_tokens", max_new_tokens, 1)
     eos_token_id = _check_token_id("eos_token_id", eos_token_id)
     pad_token_id = eos_token_id if pad_token_id is None else _check_token_id("pad_token_id", pad_token_id)
+    input_ids = _on_model_device(model, input_ids)
     return _decode_loop(model, input_ids, max_new_tokens, lambda z: z.argmax(dim=-1), eos_token_id, pad_token_id)
 
 
@@ -309,7 +316,8 @@ def sample(
         temperature: ``t > 0`` (1.0: the model's own distribution).
         top_k: keep only the ``k`` most likely tokens (``None``: no top-k filter).
         top_p: keep only the nucleus of mass ``p`` in (0, 1] (``None``: no top-p filter).
-        generator: the random number generator to draw from (``None``: torch's global one).
+        generator: the random number generator to draw from (``None``: torch's global one), on
+            the model's device (a ValueError otherwise).
         eos_token_id: the end-of-sequence id, or ``None`` to always generate ``max_new_tokens``.
         pad_token_id: what to write after a row's EOS (default ``eos_token_id``).
         typical_p: keep only the locally typical set of mass in (0, 1] (``None``: no typical
@@ -333,6 +341,8 @@ def sample(
         typical_filter(dummy, typical_p)
     eos_token_id = _check_token_id("eos_token_id", eos_token_id)
     pad_token_id = eos_token_id if pad_token_id is None else _check_token_id("pad_token_id", pad_token_id)
+    input_ids = _on_model_device(model, input_ids)
+    check_generator(generator, input_ids.device)  # the generator must draw where the model computes
 
     def choose(logits: torch.Tensor) -> torch.Tensor:
         if temperature != 1.0:
@@ -409,6 +419,7 @@ def beam_search(
         raise TypeError(f"length_penalty must be a float, got {type(length_penalty).__name__}")
     eos_token_id = _check_token_id("eos_token_id", eos_token_id)
     pad_token_id = eos_token_id if pad_token_id is None else _check_token_id("pad_token_id", pad_token_id)
+    input_ids = _on_model_device(model, input_ids)
     vocab = _vocab_size(model)
     if 2 * num_beams > vocab:
         raise ValueError(f"num_beams ({num_beams}) must be at most half the vocabulary ({vocab})")
@@ -507,28 +518,13 @@ def exact_top_sequences(
     _check_int("n", n, 1)
     _check_int("max_length", max_length, 1)
     _check_int("max_expansions", max_expansions, 1)
-    frontier: list[tuple[float, int, tuple, bool]] = [(0.0, 0, (), False)]  # (-log p, tiebreak, prefix, ended)
-    results: list[tuple[tuple, float]] = []
-    counter = 1
-    expansions = 0
-    while frontier and len(results) < n:
-        neg_logp, _, prefix, ended = heapq.heappop(frontier)
-        if ended:
-            results.append((prefix, -neg_logp))  # popped in order: this is the next most probable
-            continue
-        if len(prefix) >= max_length:
-            continue
-        expansions += 1
-        if expansions > max_expansions:
-            raise ValueError(f"max_expansions ({max_expansions}) reached before finding n={n} sequences")
+
+    def expand(prefix: tuple):  # the search state of a prefix is the prefix itself
         for token, prob in next_token_probs(prefix).items():
-            if prob <= 0:
-                continue
-            is_end = token == end_token
-            item = prefix if is_end else prefix + (token,)
-            heapq.heappush(frontier, (neg_logp - math.log(prob), counter, item, is_end))
-            counter += 1
-    return results
+            yield token, prob, (None if token == end_token else prefix + (token,))
+
+    # the package's one best-first search (rl4lmt.utils), shared with TinyReviews.most_probable
+    return best_first_search(expand, (), n, max_length=max_length, max_expansions=max_expansions)
 
 
 def distinct_n(texts: Sequence[str], n: int) -> float:

@@ -25,7 +25,9 @@ What lives here, in the order the chapter teaches it:
   :func:`english_text` (a few paragraphs of plain English shipped with the package).
 
 Shapes follow torch's SDPA: ``(batch, heads, time, head_dim)``; boolean masks mean
-"True = may attend".
+"True = may attend". Units: every log-probability is a natural log (nats), as in the world and
+the other modules; :func:`surprisal` defaults to bits (the lecture's unit: a coin flip is 1 bit)
+and :func:`cross_entropy` to nats, each with a ``base`` argument to convert.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ import numpy as np
 import torch
 
 from rl4lmt.utils import check_texts
+from rl4lmt.utils import model_device as _model_device  # one device helper for the package
 
 __all__ = [
     "surprisal",
@@ -150,7 +153,8 @@ def cross_entropy(logp, mask=None, base: float = math.e) -> float:
     ``logp`` holds the natural-log probabilities the model gave the tokens that actually came
     (e.g. from :func:`token_logprobs`); ``mask`` (same shape, 1 = real token) leaves padding out.
     The average runs over *all* unmasked tokens of the batch (token-weighted, like the world's
-    ``cross_entropy``). ``base=2`` gives bits per token.
+    ``cross_entropy``). In nats per token by default (the unit of every log-probability in the
+    package: natural logs); ``base=2`` gives bits per token.
     """
     base = _check_base(base)
     lp, m = _as_logp_and_mask(logp, mask)
@@ -228,13 +232,6 @@ def encode_texts(tokenizer, texts: Sequence[str], *, add_eos: bool = True) -> tu
         input_ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         attention_mask[i, : len(r)] = 1
     return input_ids, attention_mask
-
-
-def _model_device(model: torch.nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:  # a parameter-free module
-        return torch.device("cpu")
 
 
 def token_logprobs(model, tokenizer, texts: Sequence[str], *, add_eos: bool = True) -> TokenLogprobs:

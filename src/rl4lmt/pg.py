@@ -28,7 +28,7 @@ What lives here, in the order chapter 4 teaches it:
    REINFORCE with a learned baseline, one-step actor-critic on e.g. CartPole-v1);
 6. trust regions: :func:`ppo_clip_loss` (PPO's clipped surrogate, Schulman et al. 2017), and
    :func:`train_ppo`, a short PPO on a gymnasium task (e.g. CartPole-v1) with that loss;
-7. an LM as a policy: :func:`sample_rollouts` (``generate`` + per-token log-probs),
+7. an LM as a policy: :func:`sample_rollouts` (:func:`rl4lmt.decoding.sample` + per-token log-probs),
    :func:`response_logprobs`, :func:`sequence_kl` (sample estimate of KL to the reference
    model), :func:`exact_token_kl` (the exact per-token KL summed over the sequence),
    :func:`reinforce_lm_step` and :func:`train_reinforce_lm`.
@@ -47,8 +47,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from rl4lmt import decoding
 from rl4lmt.lm import shifted_logprobs
-from rl4lmt.utils import set_seed
+from rl4lmt.utils import model_device, set_seed
 
 __all__ = [
     "discounted_returns",
@@ -561,24 +562,28 @@ class Rollout(NamedTuple):
     finished: torch.Tensor
 
 
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def sample_rollouts(
-    policy, tokenizer, n: int, *, prompt: str = "", max_new_tokens: int = 32, temperature: float = 1.0
+    policy,
+    tokenizer,
+    n: int,
+    *,
+    prompt: str = "",
+    max_new_tokens: int = 32,
+    temperature: float = 1.0,
+    generator: torch.Generator | None = None,
 ) -> Rollout:
-    """Sample ``n`` continuations of ``prompt`` from the LM policy with ``model.generate``.
+    """Sample ``n`` continuations of ``prompt`` from the LM policy with :func:`rl4lmt.decoding.sample`.
 
-    Pure ancestral sampling (``do_sample=True, top_k=0, top_p=1.0``): the behaviour policy must
-    be the very distribution whose log-probs REINFORCE differentiates; a top-k or top-p filter
-    would sample from a different policy than the one being scored. The state :math:`S_t` is the
-    text so far, the action :math:`A_t` the next token; the episode ends at EOS. Seed with
-    ``rl4lmt.set_seed`` before calling for reproducible draws.
+    Pure ancestral sampling from the model's own softmax (no top-k, no top-p): the behaviour
+    policy must be the very distribution whose log-probs REINFORCE differentiates. The sampler is
+    the package's own, not ``model.generate``, so a checkpoint's ``generation_config``
+    (repetition penalty, suppressed tokens, a minimum length, top-k...) cannot make the sampled
+    policy differ from the scored one. The state :math:`S_t` is the text so far, the action
+    :math:`A_t` the next token; the episode ends at EOS. ``generator`` (a seeded
+    ``torch.Generator`` on the policy's device) makes the draws reproducible without touching
+    torch's global generator; without it, seed with ``rl4lmt.set_seed`` before calling (the
+    draws are then those of ``generate`` with the same seed and a clean config).
 
     Taught in chapter 4, "A language model as a policy".
     """
@@ -592,35 +597,16 @@ def sample_rollouts(
     if eos is None:
         raise ValueError("tokenizer has no eos_token_id: an LM policy needs an end-of-sequence action")
     pad = eos if pad is None else pad
-    device = _model_device(policy)
+    device = model_device(policy)
     prompt_ids = list(tokenizer(prompt)["input_ids"])  # the course tokenizer prepends the BOS
     if not prompt_ids:
         raise ValueError("the tokenizer gave no tokens for the prompt; it must prepend a BOS token")
     p_len = len(prompt_ids)
     start = torch.tensor([prompt_ids] * n, dtype=torch.long, device=device)
-    # The policy may sample the pad token as an action (the world then rejects the text); while
-    # decoding, transformers mistakes that sampled token for padding and warns about a missing
-    # attention mask although one is passed. Silence that false alarm for this call only.
-    from transformers.utils import logging as hf_logging
-
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        out = policy.generate(
-            input_ids=start,
-            attention_mask=torch.ones_like(start),
-            do_sample=True,
-            top_k=0,  # no top-k: sample from the full softmax (the policy being scored)
-            top_p=1.0,
-            temperature=float(temperature),
-            max_new_tokens=max_new_tokens,
-            eos_token_id=eos,
-            # finished rows are filled with EOS during generation (replaced by the pad id below):
-            # feeding the pad id back in makes transformers warn about a missing attention mask
-            pad_token_id=eos,
-        )
-    finally:
-        hf_logging.set_verbosity(verbosity)
+    # the package's sampler: the model's softmax (at `temperature`), nothing else; finished rows
+    # are filled with EOS (replaced by the pad id below)
+    out = decoding.sample(policy, start, max_new_tokens, temperature=float(temperature), generator=generator,
+                          eos_token_id=eos, pad_token_id=eos)
     resp = out[:, p_len:]  # (B, L) sampled tokens, pad after each row's EOS
     is_eos = resp == eos
     finished = is_eos.any(1)

@@ -30,7 +30,6 @@ conditional sampling) is generic code over those arcs.
 """
 from __future__ import annotations
 
-import heapq
 import math
 import re
 from collections import defaultdict
@@ -38,7 +37,7 @@ from functools import cache, lru_cache
 
 import numpy as np
 
-from rl4lmt.utils import check_texts
+from rl4lmt.utils import best_first_search, check_texts
 
 __all__ = ["EOS", "TinyReviews", "ASPECTS", "SENTIMENTS"]
 
@@ -435,7 +434,7 @@ class TinyReviews:
 
     # ------------------------------------------------------------------ public API
     def logprob(self, text: str) -> float:
-        """Exact ``log p(x)`` of a complete review, including its end-of-review event.
+        """Exact ``log p(x)`` (natural log, nats) of a complete review, including its end-of-review event.
 
         ``log p(x) = log sum_q alpha_T(q) p(<eos> | q)``, the forward algorithm summing over all
         latent paths (sentiment, topic, clause polarities). ``-inf`` when the world cannot produce
@@ -596,27 +595,18 @@ class TinyReviews:
     def most_probable(self, k: int = 10) -> list[tuple[str, float]]:
         """The ``k`` most probable complete reviews with their exact log-probabilities.
 
-        Best-first search over prefixes: a prefix's probability bounds every completion's, so
-        complete reviews leave the priority queue in order of probability (exact, not a beam).
+        Best-first search over prefixes (:func:`rl4lmt.utils.best_first_search`, the search
+        behind :func:`rl4lmt.decoding.exact_top_sequences` too): a prefix's probability bounds
+        every completion's, so complete reviews leave the priority queue in order of probability
+        (exact, not a beam). The search state of a prefix is its forward (belief) vector.
         """
         k = self._check_n(k)
-        start = _start_distribution()
-        heap = [(0.0, 0, (), start)]
-        counter, found = 1, []
-        while heap and len(found) < k:
-            neg_lp, _, words, alpha = heapq.heappop(heap)
-            if alpha is None:
-                found.append((" ".join(words), -neg_lp))
-                continue
+
+        def expand(alpha):
             for w, p in self._next_dist(alpha).items():
-                lp = -neg_lp + math.log(p)
-                if w == EOS:
-                    heapq.heappush(heap, (-lp, counter, words, None))
-                else:
-                    nxt, _ = self._forward([w], alpha)
-                    heapq.heappush(heap, (-lp, counter, words + (w,), nxt))
-                counter += 1
-        return found
+                yield w, p, (None if w == EOS else self._forward([w], alpha)[0])
+
+        return [(" ".join(words), lp) for words, lp in best_first_search(expand, _start_distribution(), k)]
 
     # ------------------------------------------------------------------ instructions (SFT)
     def instructions(self, n: int, seed: int | None = None) -> list[tuple[str, str]]:
