@@ -156,3 +156,10 @@ def test_best_first_search_against_enumeration():
     assert all(every[s] == pytest.approx(lp) for s, lp in found)
     with pytest.raises(ValueError, match="max_expansions"):
         utils.best_first_search(expand, (), 10, max_expansions=3)
+
+
+def test_one_teacher_forcing_loop():
+    """The shipped model's recipe runs lm.train_teacher_forcing; no second loop in the package."""
+    source = inspect.getsource(zoo.train)
+    assert "train_teacher_forcing(" in source and ".backward()" not in source
+    assert ".backward()" in inspect.getsource(lm.train_teacher_forcing)

@@ -148,6 +148,43 @@ def test_train_teacher_forcing_learns_a_deterministic_language():
     assert lm.train_teacher_forcing(model2, ids, am, steps=60, batch_size=4, lr=1e-2, seed=0, progress=False) == losses
 
 
+def test_train_teacher_forcing_recipe_hooks():
+    """The hooks zoo.train's recipe uses: its optimizer, a learning-rate schedule, clipping, a generator."""
+    tok = WordTokenizer("a b c".split())
+    ids, am = lm.encode_texts(tok, ["a b c a b c", "a b c", "c b a"])
+
+    def fresh():
+        set_seed(0)
+        return GPT2LMHeadModel(GPT2Config(vocab_size=5, n_embd=16, n_layer=1, n_head=2, n_positions=16))
+
+    def moved(model, before):
+        return torch.sqrt(sum(((p - b) ** 2).sum() for p, b in zip(model.parameters(), before))).item()
+
+    # SGD with the gradient norm clipped to c moves the weights by at most lr * c per step
+    model = fresh()
+    before = [p.detach().clone() for p in model.parameters()]
+    seen = []
+    lm.train_teacher_forcing(model, ids, am, steps=3, batch_size=2, progress=False, max_grad_norm=0.01,
+                             optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                             on_step=lambda step, mask, loss: seen.append((step, tuple(mask.shape), loss.item())))
+    assert 0 < moved(model, before) <= 3 * 0.5 * 0.01 + 1e-6
+    assert [s for s, _, _ in seen] == [0, 1, 2] and all(shape[0] == 2 for _, shape, _ in seen)
+    # without clipping the same steps move the weights much further
+    model = fresh()
+    lm.train_teacher_forcing(model, ids, am, steps=3, batch_size=2, progress=False,
+                             optimizer=torch.optim.SGD(model.parameters(), lr=0.5))
+    assert moved(model, before) > 10 * 3 * 0.5 * 0.01
+    # a schedule that says 0 leaves the weights alone
+    model = fresh()
+    lm.train_teacher_forcing(model, ids, am, steps=3, batch_size=2, progress=False, lr_schedule=lambda step: 0.0)
+    assert moved(model, before) == 0.0
+    # a seeded generator gives the batches of the same seed
+    a = lm.train_teacher_forcing(fresh(), ids, am, steps=4, batch_size=2, seed=5, progress=False)
+    b = lm.train_teacher_forcing(fresh(), ids, am, steps=4, batch_size=2, progress=False,
+                                 generator=torch.Generator().manual_seed(5))
+    assert a == b
+
+
 def test_token_logprobs_rejects_bad_input(tiny_lm):
     model, tok = tiny_lm
     with pytest.raises(TypeError, match="texts"):

@@ -4,7 +4,6 @@ Quality is measured on held-out world samples (a seed the training never used), 
 world's exact probabilities: the cross-entropy gap to the world and the grammatical rate of the
 model's own samples.
 """
-import math
 import os
 
 import pytest
@@ -118,4 +117,7 @@ def test_training_is_reproducible_and_learns(tmp_path):
         assert torch.equal(p1, p2), n1
     assert r1["losses_every_10"] == r2["losses_every_10"]
     assert r1["losses_every_10"][-1] < r1["losses_every_10"][0] - 1.0  # it learns
-    assert math.isclose(r1["world_entropy_rate"], W.entropy_rate())
+    # ... but not below the floor: no model beats the world's entropy rate (stated in the report)
+    assert r1["final_loss_avg100"] > r1["world_entropy_rate"] > 0
+    # the predicted tokens it reports are those of 30 batches of 16 real reviews (5 to 36 words + EOS)
+    assert 30 * 16 * 6 <= r1["train_tokens"] <= 30 * 16 * 37

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from typing import NamedTuple
 
@@ -303,13 +303,24 @@ def train_teacher_forcing(
     lr: float = 3e-3,
     seed: int = 0,
     progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+    lr_schedule: Callable[[int], float] | None = None,
+    max_grad_norm: float | None = None,
+    on_step: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
+    desc: str = "teacher forcing",
+    generator: torch.Generator | None = None,
 ) -> list[float]:
     """Train a causal LM by teacher forcing; return the training loss (nats/token) of every step.
 
     Each step draws a random minibatch of rows, runs the true sequences through the model, and
     takes one AdamW step on :func:`teacher_forcing_loss` (gradient descent
     :math:`\\theta \\leftarrow \\theta - \\gamma\\nabla L_\\theta`, with Adam's per-parameter step
-    sizes). The data order is fixed by ``seed``.
+    sizes). The data order is fixed by ``seed`` (or drawn from ``generator``, a CPU
+    ``torch.Generator``, when given). The package's one teacher-forcing loop: the
+    shipped model's recipe (``rl4lmt.zoo.train``) runs it with its own ``optimizer`` (weight
+    decay on matrices only), an ``lr_schedule`` (step -> learning rate, set before each step)
+    and gradient clipping at ``max_grad_norm``; ``on_step(step, attention_mask, loss)`` sees
+    each batch (e.g. to count tokens).
     """
     from tqdm.auto import tqdm
 
@@ -321,20 +332,31 @@ def train_teacher_forcing(
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr}")
     device = _model_device(model)
-    gen = torch.Generator().manual_seed(seed)  # the data order depends on the seed only
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    # the data order depends on the seed (or the given generator) only
+    gen = torch.Generator().manual_seed(seed) if generator is None else generator
+    opt = torch.optim.AdamW(model.parameters(), lr=lr) if optimizer is None else optimizer
     model.train()
     losses = []
-    for _ in tqdm(range(steps), disable=not progress, desc="teacher forcing", mininterval=1.0):
+    bar = tqdm(range(steps), disable=not progress, desc=desc, mininterval=1.0)
+    for step in bar:
         idx = torch.randint(0, input_ids.shape[0], (batch_size,), generator=gen)
         ids, am = input_ids[idx].to(device), attention_mask[idx].to(device)
         width = int(am.sum(1).max())  # trim the all-padding columns: same loss, less compute
         ids, am = ids[:, :width], am[:, :width]
+        if lr_schedule is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_schedule(step)
         loss = teacher_forcing_loss(model(input_ids=ids, attention_mask=am).logits, ids, am)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
         opt.step()
         losses.append(loss.item())
+        if on_step is not None:
+            on_step(step, am, loss)
+        if step % 100 == 0:
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
     model.eval()
     return losses
 

@@ -108,10 +108,9 @@ def train(out_dir: str | os.PathLike | None = None, cfg: TinyGPTConfig | None = 
     then cosine decay, batches drawn in a seeded order. Returns a report (losses, time, tokens/s)
     that is also written next to the weights as ``training.json``.
     """
-    from tqdm.auto import tqdm
     from transformers import GPT2LMHeadModel
 
-    from rl4lmt.lm import encode_texts, teacher_forcing_loss
+    from rl4lmt.lm import encode_texts, train_teacher_forcing
 
     cfg = cfg or TinyGPTConfig()
     out_dir = Path(out_dir) if out_dir is not None else checkpoint_dir()
@@ -136,28 +135,21 @@ def train(out_dir: str | os.PathLike | None = None, cfg: TinyGPTConfig | None = 
         frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
-    gen = torch.Generator().manual_seed(cfg.seed)
-    model.train()
-    losses, tokens, t0 = [], 0, time.perf_counter()
-    bar = tqdm(range(cfg.steps), disable=not progress, desc="pretraining tiny-reviews", mininterval=2.0)
-    for step in bar:
-        idx = torch.randint(0, input_ids.shape[0], (cfg.batch_size,), generator=gen)
-        ids, am = input_ids[idx], attention_mask[idx]
-        width = int(am.sum(1).max())  # trim all-padding columns: same loss, less compute
-        ids, am = ids[:, :width], am[:, :width]
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
-        loss = teacher_forcing_loss(model(input_ids=ids, attention_mask=am).logits, ids, am)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # guards the early, large-lr steps
-        opt.step()
-        losses.append(loss.item())
+    gen = torch.Generator().manual_seed(cfg.seed)  # the order of the batches
+    tokens = 0
+
+    def count_tokens(step, am, loss):  # predicted tokens, for the throughput in the report
+        nonlocal tokens
         tokens += int(am[:, 1:].sum())
-        if step % 100 == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+
+    t0 = time.perf_counter()
+    # the package's one teacher-forcing loop, with this recipe's optimizer, schedule and clipping
+    # (the clipping guards the early, large-lr steps)
+    losses = train_teacher_forcing(
+        model, input_ids, attention_mask, steps=cfg.steps, batch_size=cfg.batch_size, generator=gen,
+        optimizer=opt, lr_schedule=lr_at, max_grad_norm=1.0, on_step=count_tokens,
+        progress=progress, desc="pretraining tiny-reviews")
     seconds = time.perf_counter() - t0
-    model.eval()
 
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
