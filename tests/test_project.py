@@ -6,9 +6,11 @@ tested versions (``pip install -c``), environment.yml mirrors both for conda use
 """
 from __future__ import annotations
 
+import ast
 import importlib.metadata
 import pathlib
 import re
+import sys
 import tomllib
 
 import pytest
@@ -77,10 +79,51 @@ def test_environment_yml_mirrors_pyproject_and_constraints():
         f"missing {sorted(wanted - set(env_pins))}, extra {sorted(set(env_pins) - wanted)}")
     different = {k: (v, pins.get(k, (k, None))[1]) for k, v in env_pins.items() if pins.get(k, (k, None))[1] != v}
     assert not different, f"environment.yml pin != constraints.txt pin (env, constraints): {different}"
-    assert others == ["-e ."], f"environment.yml's pip section should end with '-e .' only, got {others}"
+    # the same constraints as the Makefile's `pip install -c constraints.txt` (conda runs pip from
+    # the folder of environment.yml, so the relative path is the repository's file)
+    assert others == ["-c constraints.txt", "-e ."], (
+        f"environment.yml's pip section should end with '-c constraints.txt' and '-e .', got {others}")
     version = python.split("=", 1)[1] if "=" in python else None
     assert version and SpecifierSet(PROJECT["requires-python"]).contains(Version(version)), (
         f"environment.yml's {python!r} does not satisfy requires-python {PROJECT['requires-python']}")
+
+
+def _imported_distributions(paths) -> dict[str, set[str]]:
+    """{distribution: files} for every third-party module imported (anywhere, lazily too) in ``paths``."""
+    owners = importlib.metadata.packages_distributions()
+    found: dict[str, set[str]] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.split(".")[0]
+                if top in sys.stdlib_module_names or top in ("rl4lmt", "conftest", "__future__"):
+                    continue
+                dists = owners.get(top) or [f"<no installed distribution provides {top!r}>"]
+                for dist in dists:
+                    found.setdefault(canonicalize_name(dist), set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+def test_every_imported_package_is_declared():
+    """What the code imports directly is a declared dependency, not a transitive accident: the
+    package's student-facing modules need only the main dependencies; the grading tooling, the tests
+    and the benchmarks may use the dev extra too."""
+    main = {canonicalize_name(Requirement(r).name) for r in PROJECT["dependencies"]}
+    dev = {canonicalize_name(Requirement(r).name) for r in PROJECT["optional-dependencies"]["dev"]}
+    src = [p for p in (ROOT / "src" / "rl4lmt").rglob("*.py") if "grading" not in p.relative_to(ROOT / "src").parts]
+    tooling = sorted((ROOT / "src" / "rl4lmt" / "grading").rglob("*.py"))
+    tooling += sorted((ROOT / "tests").rglob("*.py")) + sorted((ROOT / "benchmarks").rglob("*.py"))
+    problems = [f"{d} (imported by {sorted(files)[:3]}) is not a main dependency"
+                for d, files in _imported_distributions(src).items() if d not in main]
+    problems += [f"{d} (imported by {sorted(files)[:3]}) is not declared (main or dev)"
+                 for d, files in _imported_distributions(tooling).items() if d not in main | dev]
+    assert not problems, "\n".join(sorted(problems))
 
 
 def test_jupyter_book_stays_on_version_1():
