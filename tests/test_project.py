@@ -169,3 +169,22 @@ def test_reader_tests_are_collected_by_make_test(name):
     assert "tests" in opts["testpaths"]
     assert not re.search(r"-m\s+['\"]?not\s+slow|--deselect|--ignore", opts.get("addopts", "")), (
         f"pytest's default options deselect tests: {opts.get('addopts')}")
+
+
+def test_benchmarks_readme_lists_every_script_and_nothing_else():
+    listed = set(re.findall(r"^\| `([\w]+\.py)` \|", (ROOT / "benchmarks" / "README.md").read_text(), flags=re.M))
+    scripts = {p.name for p in (ROOT / "benchmarks").glob("*.py")}
+    assert listed == scripts, (
+        f"benchmarks/README.md: missing {sorted(scripts - listed)}, stale {sorted(listed - scripts)}")
+
+
+def test_module_lists_name_modules_that_exist():
+    """The package's docstring and the README's layout table name only modules that exist."""
+    package = ROOT / "src" / "rl4lmt"
+    doc = (package / "__init__.py").read_text().split('"""')[1]
+    named = set(re.findall(r"``rl4lmt\.(\w+)``", doc))
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("| `src/rl4lmt/`"))
+    named |= set(re.findall(r"`(\w+)`", row.split("|")[2]))
+    missing = sorted(m for m in named if not ((package / f"{m}.py").is_file() or (package / m).is_dir()))
+    assert not missing, f"named as rl4lmt modules but missing from src/rl4lmt: {missing}"
+    assert len(named) >= 10, named
