@@ -238,7 +238,7 @@ def logit_lens(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | No
     return torch.stack(layers).float().log_softmax(-1)
 
 
-def inlp(features, labels, n_iterations: int = 10, C: float = 1.0, *,
+def inlp(features, labels, n_iterations: int = 10, C: float = 1.0, max_iter: int = 500, *,
          seed: int | None = 0) -> tuple[torch.Tensor, list[float]]:
     """Iterative null-space projection: remove the linear information about ``labels`` from ``features``.
 
@@ -246,6 +246,8 @@ def inlp(features, labels, n_iterations: int = 10, C: float = 1.0, *,
     half); add the row space of its (centred) weights to the removed directions; project every
     feature onto the orthogonal complement of all removed directions,
     :math:`P = I - Q Q^\\top` with :math:`Q` an orthonormal basis of them (Ravfogel et al., 2020).
+
+    ``C`` and ``max_iter`` are passed to :func:`fit_linear_probe`.
 
     Returns:
         ``(P, accuracies)``: the ``(d, d)`` projection (symmetric, idempotent) and the held-out
@@ -265,7 +267,7 @@ def inlp(features, labels, n_iterations: int = 10, C: float = 1.0, *,
     accuracies = []
     for _ in range(n_iterations):
         xp = x @ P
-        probe = fit_linear_probe(xp[tr], y[tr], C=C, num_classes=k)
+        probe = fit_linear_probe(xp[tr], y[tr], C=C, num_classes=k, max_iter=max_iter)
         accuracies.append(probe.accuracy(xp[te], y[te]))
         w = probe.weight - probe.weight.mean(0, keepdim=True)  # softmax ignores a shared shift: rank K-1
         removed = torch.cat([removed, w.T], dim=1)
