@@ -26,7 +26,8 @@ c.CourseDirectory.root = os.path.dirname(os.path.abspath(__file__))
 c.CourseDirectory.course_id = "rl4lmt"
 c.CourseDirectory.source_directory = "solutions"    # masters (instructor only)
 c.CourseDirectory.release_directory = "exercises"   # generated student versions (committed)
-c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store",
+                            "*.timing.json"]  # the master's measured cell times stay instructor-side
 
 # --- release: the stubs students see -----------------------------------------------------------
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
@@ -52,7 +53,9 @@ c.Autograde.autograde_preprocessors = [
     AssignLatePenalties,
     CheckCellMetadata,
 ]
-c.HardenedExecute.timeout = 120          # s per cell (a solution cell takes < 60 s)
+c.HardenedExecute.timeout = 120          # s per cell at most (a solution cell takes < 60 s) ...
+c.HardenedExecute.time_factor = 10.0     # ... and at most 10 x the master's measured time for that cell
+c.HardenedExecute.time_floor = 20        # ... but never under 20 s (solutions/<a>/<a>.timing.json, see rl4lmt.grading.timing)
 c.HardenedExecute.total_timeout = 360    # s per notebook (a solution notebook takes < 120 s)
 c.HardenedExecute.memory_limit_mb = 3072  # heap of the kernel (RLIMIT_DATA); torch needs ~0.5 GB
 c.HardenedExecute.iopub_timeout = 4      # s to wait for output after an interrupt

@@ -120,6 +120,15 @@ def course(tmp_path_factory, root):
         "    return 1 / (1 + math.exp(-beta * (world.sentiment(a) - world.sentiment(b))))\n"))
     want["hidden_fail"] = full - points["prefer_probability_tests"]
 
+    # metadata lost and a test cell edited (a print added): matched back by similar content, a guess
+    # that the instructor should look at (the report says "needs review"); the tests that run are the instructor's
+    fuzzy = copy.deepcopy(solved)
+    edited = _cells(fuzzy, "surprisal_bits_tests")[0]
+    edited.source = edited.source.replace("check_close(got, want", "print('checking', got)\ncheck_close(got, want", 1)
+    for c in fuzzy.cells:
+        c.metadata = {}
+    subs["fuzzy"], want["fuzzy"] = fuzzy, full
+
     subs["invalid_json"], want["invalid_json"] = '{"cells": [ {"cell_type": "code", ', 0
     subs["empty"], want["empty"] = b"", 0
 
@@ -141,7 +150,7 @@ def test_every_submission_is_graded(course):
 @pytest.mark.slow
 @pytest.mark.parametrize("student", ["solution", "release", "stripped", "mangled", "deleted", "tampered",
                                      "tampered_stripped", "loop_and_exit", "sigint_and_bomb", "hidden_fail",
-                                     "invalid_json", "empty"])
+                                     "fuzzy", "invalid_json", "empty"])
 def test_score(course, student):
     got = course["scores"].get(student)
     assert got is not None, f"{student} was not graded"
@@ -407,3 +416,62 @@ def test_course_root_comes_from_nbgrader_config_not_the_install(tmp_path, monkey
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ValueError, match="not inside a course directory"):
         g.course_root()
+
+
+def test_guessed_repairs_need_review_in_the_class_report(course):
+    """A cell matched by fuzzy content or by position is flagged, not graded silently."""
+    lines, summary = class_report(A, course["path"])
+    by_student = {ln.split(":")[0]: ln for ln in lines}
+    assert "NEEDS REVIEW" in by_student["fuzzy"] and "surprisal_bits_tests" in by_student["fuzzy"], by_student["fuzzy"]
+    assert "NEEDS REVIEW" not in by_student["solution"]  # metadata intact: nothing guessed
+    assert re.search(r"[1-9]\d* need review", summary), summary
+
+
+def test_needs_review_only_for_guesses():
+    from rl4lmt.grading.cli import needs_review
+
+    assert needs_review({"what": "matched by similar content (91%)"}) and needs_review({"what": "matched by position"})
+    for what in ("matched by content", "matched by the functions it defines", "2 copies; kept one", "cell type code -> markdown"):
+        assert not needs_review({"what": what})
+
+
+def test_a_timed_out_grading_run_leaves_no_kernel_behind(tmp_path, root):
+    """Past the wall-clock limit the whole process tree dies: nbgrader AND its kernel (a session of its own)."""
+    import psutil
+
+    course = build_course(tmp_path / "course", [A], root)
+    master = nbformat.read(root / "solutions" / A / f"{A}.ipynb", as_version=4)
+    release = nbformat.read(course / "exercises" / A / f"{A}.ipynb", as_version=4)
+    pids = tmp_path / "kernel.pids"
+    hang = _set_solution(solved_from_master(master, release), "chain_logprob",
+                         f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\n"
+                         "def chain_logprob(world, text):\n    return 0.0\n")
+    submit(course, "sleeper", A, hang)
+    res = grade(A, course, jobs=1, limit=60, extra_args=["--HardenedExecute.timeout=600", "--HardenedExecute.total_timeout=900",
+                                                         "--HardenedExecute.time_factor=0"])  # no derived limit: the outer one hits
+    assert not res[0]["ok"] and "stopped" in res[0]["log"]
+    started = [int(x) for x in pids.read_text().split()]
+    assert started, "the hanging cell never ran"
+    for pid in started:
+        alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        assert not alive, f"kernel {pid} outlived the grading run that timed out"
+
+
+def test_a_hung_cell_costs_its_derived_limit_not_the_ceiling(tmp_path, root):
+    """Per-cell limits come from the master's measured times (timing.json): a cell the master runs in
+    milliseconds is stopped at the floor (20 s), not at the 120-s ceiling, and the rest is graded."""
+    from rl4lmt.grading.timing import load_timing
+
+    measured = load_timing(root / "solutions" / A / f"{A}.ipynb")
+    assert measured.get("surprisal_bits", 99) < 2, "ch00's timing.json is missing or stale: run the release"
+    course = build_course(tmp_path / "course", [A], root)
+    master = nbformat.read(root / "solutions" / A / f"{A}.ipynb", as_version=4)
+    release = nbformat.read(course / "exercises" / A / f"{A}.ipynb", as_version=4)
+    hung = _set_solution(solved_from_master(master, release), "surprisal_bits",
+                         "import time\ntime.sleep(600)\ndef surprisal_bits(world, text):\n    return 0.0\n")
+    submit(course, "hung", A, hung)
+    res = grade(A, course, jobs=1, limit=100)  # the course's own limits: ceiling 120 s per cell
+    assert res[0]["ok"], res[0]["log"][-2000:]
+    assert res[0]["seconds"] < 80, f"grading took {res[0]['seconds']:.0f} s: the hung cell waited for the ceiling"
+    got = scores(course, A)["hung"]
+    assert got["cells"]["surprisal_bits_tests"] == 0 and got["cells"]["chain_logprob_tests"] > 0, got

@@ -35,14 +35,22 @@ Conventions for writing an assignment master (read this before writing ``solutio
 
 5. **Visible tests teach**: every assert message says what was expected and what came back,
    e.g. ``assert abs(got - want) < 1e-6, f"surprisal(0.5) should be 1 bit, got {got}"``. Use
-   :func:`rl4lmt.grading.check_close` for numbers and arrays. A test cell imports what it uses
-   (``from rl4lmt.grading import check_close`` as its first line), so a student's redefinition of a
-   helper in an earlier cell cannot change what the test does.
+   :func:`rl4lmt.grading.check_close` for numbers and arrays. A test cell is SELF-CONTAINED: it
+   imports what it uses and rebuilds its inputs (models, tensors, transition tables); only the
+   functions the student writes in solution cells come from other cells, so a student who
+   reassigns a name (``P``, ``model``, ``check_close``) cannot change what a test checks. The
+   master checker rejects a test cell that reads any other free name. Helpers several test cells
+   need live in :mod:`rl4lmt.grading.testkit` (e.g. comparisons with ``generate`` that accept a
+   numerical near-tie).
 
 6. **Hidden tests catch plausible mistakes** (wrong log base, off-by-one, forgetting EOS, ...)
    by comparing with an independent reference (the package, the world's exact probabilities,
-   brute force) on random and edge-case inputs. A correct solution written differently (loop vs
-   vectorised) must pass. Put one short ``# hint: ...`` comment line inside the hidden block:
+   brute force) on random and edge-case inputs, and probe as a matter of course: extremes (large
+   logits in float32, long sequences whose probability underflows, gamma near 1), that inputs are
+   left unchanged, return types, and that randomness follows the given seed/generator. A correct
+   solution written differently (loop vs vectorised) must pass. Each assignment has a mutation
+   table ``tests/test_chNN_assignment.py`` for :mod:`rl4lmt.grading.mutants` (WRONG bodies that
+   must fail, RIGHT bodies that must pass). Put one short ``# hint: ...`` comment line inside the hidden block:
    the generated feedback shows only pass/fail and that hint, never the hidden source.
 
 7. **The solution calls the package** for everything except what the student writes; seeded;

@@ -10,7 +10,10 @@
   ``KeyboardInterrupt``), the cell gets an error output saying what happened, a fresh kernel
   (under the same memory limit) re-runs the cells that came before it, outputs discarded, and
   execution goes on with the next cell. So the rest of the notebook is still graded;
-- the kernel runs under memory and CPU-time limits (``rl4lmt.grading.kernel``).
+- the kernel runs under memory and CPU-time limits (``rl4lmt.grading.kernel``);
+- **per-cell limits from the master's own run time** (``rl4lmt.grading.timing``): a cell whose
+  master version ran in ``m`` seconds gets ``min(timeout, max(time_floor, time_factor * m))``, so a
+  hung cell costs seconds, not the ceiling ``timeout``.
 
 Every incident is recorded in ``resources["rl4lmt"]["incidents"]`` for the instructor's report.
 """
@@ -23,7 +26,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.client import NotebookClient
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
-from traitlets import Integer
+from traitlets import Float, Integer
 
 from rl4lmt.grading.kernel import LimitedKernelManager
 
@@ -42,6 +45,8 @@ class HardenedExecute(Execute):
     memory_limit_mb = Integer(3072, help="Heap limit of the kernel in MiB (RLIMIT_DATA); 0 for none.").tag(config=True)
     cpu_limit_s = Integer(0, help="CPU-time limit of the kernel in s (0: 4 x total_timeout).").tag(config=True)
     max_restarts = Integer(4, help="Kernel restarts allowed per notebook; later cells are then not run.").tag(config=True)
+    time_factor = Float(10.0, help="A cell's limit is this many times the master's measured time for it...").tag(config=True)
+    time_floor = Integer(20, help="... but at least this many seconds (and at most `timeout`); 0 factor: off.").tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", LimitedKernelManager)
@@ -55,10 +60,34 @@ class HardenedExecute(Execute):
             km.cpu_limit_s = self.cpu_limit_s or 4 * self.total_timeout
         return km
 
+    def _measured_times(self) -> dict[str, float]:
+        """The master's per-cell seconds for this notebook (``solutions/<a>/<nb>.timing.json``), if measured."""
+        meta = (self.resources or {}).get("nbgrader", {})
+        if not self.time_factor or not meta.get("assignment") or not meta.get("notebook"):
+            return {}
+        try:
+            import os
+
+            from nbgrader.coursedir import CourseDirectory
+
+            from rl4lmt.grading.timing import load_timing
+
+            cd = CourseDirectory(config=self.config)
+            folder = cd.format_path(cd.source_directory, ".", meta["assignment"])
+            return load_timing(os.path.join(folder, f"{meta['notebook']}.ipynb"))
+        except Exception as exc:  # no measurement: every cell keeps the ceiling
+            self.log.warning("rl4lmt: no per-cell times for %s: %s", meta.get("assignment"), exc)
+            return {}
+
     def _get_timeout(self, cell):
-        # the per-cell limit, cut to what is left of the notebook's total budget
+        # the per-cell limit (from the master's measured time, capped by `timeout`), cut to what is
+        # left of the notebook's total budget
+        from rl4lmt.grading.timing import cell_limit
+
         left = int(self._deadline - time.monotonic())
-        per_cell = self.timeout if self.timeout and self.timeout > 0 else left
+        ceiling = self.timeout if self.timeout and self.timeout > 0 else left
+        gid = (cell.get("metadata", {}) if cell is not None else {}).get("nbgrader", {}).get("grade_id")
+        per_cell = cell_limit(self._measured.get(gid), ceiling, self.time_factor, self.time_floor)
         return max(1, min(per_cell, left))
 
     def _restart(self) -> None:
@@ -79,6 +108,7 @@ class HardenedExecute(Execute):
         self.reset_execution_trackers()
         self._check_assign_resources(resources)
         self._deadline = time.monotonic() + self.total_timeout
+        self._measured = self._measured_times()
         incidents = self.resources.setdefault("rl4lmt", {}).setdefault("incidents", [])
         restarts = 0
         with self.setup_kernel():
