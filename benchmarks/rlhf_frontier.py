@@ -227,15 +227,30 @@ def run_best_of_n(args, ns=(1, 2, 4, 8, 16)) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+def _gold_at_kl(curve: list[dict], kl: float) -> float:
+    """Gold reward where a run's curve (in training order) first reaches ``kl``, linearly interpolated."""
+    for a, b in zip(curve, curve[1:]):
+        if a["kl"] <= kl <= b["kl"] and b["kl"] > a["kl"]:
+            w = (kl - a["kl"]) / (b["kl"] - a["kl"])
+            return (1 - w) * a["gold"] + w * b["gold"]
+    return curve[-1]["gold"] if kl >= curve[-1]["kl"] else curve[0]["gold"]
+
+
 def matched_kl_ratio(ppo_run: dict, others: list[dict]) -> dict:
-    """PPO's best gold among its evaluations with KL <= the best TRL run's KL, over that run's gold."""
+    """rl4lmt PPO against the best TRL run (highest gold reached), at equal time.
+
+    - ``ratio``: PPO's gold where its curve reaches the KL of the TRL run's best point
+      (interpolated between evaluations), over that best gold: gold at matched KL;
+    - ``ratio_best``: PPO's best gold over the TRL run's best gold (the top of each frontier).
+    """
     best = max(others, key=lambda r: max(p["gold"] for p in r["curve"]))
     point = max(best["curve"], key=lambda p: p["gold"])
-    within = [p for p in ppo_run["curve"] if p["kl"] <= point["kl"] + 1e-9] or ppo_run["curve"][:1]
-    ours = max(within, key=lambda p: p["gold"])
-    return {"against": best["method"], "their_gold": point["gold"], "their_kl": point["kl"],
-            "ppo_gold": ours["gold"], "ppo_kl": ours["kl"],
-            "ratio": ours["gold"] / point["gold"] if point["gold"] > 0 else float("nan")}
+    ours_at_kl = _gold_at_kl(ppo_run["curve"], point["kl"])
+    ours_best = max(ppo_run["curve"], key=lambda p: p["gold"])
+    return {"against": best["method"], "kl_coef": ppo_run["kl_coef"], "their_gold": point["gold"],
+            "their_kl": point["kl"], "ppo_gold_at_their_kl": ours_at_kl, "ratio": ours_at_kl / point["gold"],
+            "ppo_best_gold": ours_best["gold"], "ppo_best_kl": ours_best["kl"],
+            "ratio_best": ours_best["gold"] / point["gold"]}
 
 
 def main(argv=None) -> None:
@@ -249,12 +264,14 @@ def main(argv=None) -> None:
     p.add_argument("--eval-prompts", type=int, default=48)
     p.add_argument("--dpo-prompts", type=int, default=150)
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--only", nargs="+", default=["sweep", "rloo", "grpo", "dpo", "bon"])
+    p.add_argument("--only", nargs="+", default=["sweep", "rloo", "grpo", "dpo", "bon"],
+                   help="parts to (re)run; 'summary' recomputes the ratio from the saved results")
     p.add_argument("--out", type=Path, default=OUT)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     results = json.loads(args.out.read_text()) if args.out.exists() else {}
-    results["meta"] = {
+    runs = {"sweep", "rloo", "grpo", "dpo", "bon"} & set(args.only)  # --only summary: recompute the ratio only
+    results["meta"] = results.get("meta", {}) if not runs else {
         "command": "python benchmarks/rlhf_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "policy": ppo.POLICY, "reward_model": ppo.REWARD_MODEL, "seconds": args.seconds, "kl_coef": args.kl_coef,
         "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": MAX_NEW_TOKENS,
