@@ -163,3 +163,17 @@ def test_one_teacher_forcing_loop():
     source = inspect.getsource(zoo.train)
     assert "train_teacher_forcing(" in source and ".backward()" not in source
     assert ".backward()" in inspect.getsource(lm.train_teacher_forcing)
+
+
+def test_one_sampler_no_generate_in_the_package():
+    """Every rollout samples through rl4lmt.decoding: no package module calls ``.generate(...)``,
+    whose logits processors follow a checkpoint's generation_config."""
+    import ast
+    import pathlib
+
+    calls = []
+    for path in sorted(pathlib.Path(utils.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "generate":
+                calls.append(f"{path.name}:{node.lineno}")
+    assert not calls, f"model.generate called in the package (sample with rl4lmt.decoding instead): {calls}"
