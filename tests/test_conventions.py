@@ -177,3 +177,42 @@ def test_one_sampler_no_generate_in_the_package():
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "generate":
                 calls.append(f"{path.name}:{node.lineno}")
     assert not calls, f"model.generate called in the package (sample with rl4lmt.decoding instead): {calls}"
+
+
+def test_seed_and_generator_arguments_are_keywords_at_the_end():
+    """``seed=``/``generator=``: the last parameter, or keyword-only, in world, decoding, envs, mdp, pg.
+
+    Known, documented exceptions: decoding.sample's ``generator`` (generate's order, which the
+    chapter 2 exercise mirrors), mdp's building blocks that take a NumPy ``rng`` as data
+    (epsilon_greedy, BanditAgent.act, sample_episode, the bandit testbed helpers), and
+    gymnasium's ``reset(*, seed, options)``.
+    """
+    import rl4lmt.envs.bandit
+    import rl4lmt.envs.gridworld
+    import rl4lmt.envs.textgen
+
+    allowed = {"rl4lmt.decoding.sample", "rl4lmt.mdp.epsilon_greedy", "rl4lmt.mdp.BanditAgent.act",
+               "rl4lmt.mdp.sample_episode", "rl4lmt.envs.bandit.sample_arm_values", "rl4lmt.envs.bandit.pull_arms"}
+    problems = []
+    for module in (world, decoding, mdp, pg, rl4lmt.envs.gridworld, rl4lmt.envs.bandit, rl4lmt.envs.textgen):
+        functions = []
+        for name, obj in vars(module).items():
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(obj):
+                functions.append((name, obj))
+            elif inspect.isclass(obj):
+                functions += [(f"{name}.{n}", f) for n, f in vars(obj).items()
+                              if inspect.isfunction(f) and (n == "__init__" or not n.startswith("_"))]
+        for name, function in functions:
+            params = list(inspect.signature(function).parameters.values())
+            for i, p in enumerate(params):
+                if p.name not in ("seed", "generator", "rng") or f"{module.__name__}.{name}" in allowed:
+                    continue
+                if name.endswith(".reset"):
+                    continue  # gymnasium's API
+                if not (p.kind == p.KEYWORD_ONLY or i == len(params) - 1):
+                    problems.append(f"{module.__name__}.{name}: {p.name} is positional and not last")
+    assert not problems, "\n".join(problems)
+    with pytest.raises(TypeError):
+        mdp.run_bandit(mdp.BanditAgent(3, 2), 10, 7)  # a positional seed is refused, not misread

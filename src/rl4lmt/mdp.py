@@ -296,7 +296,7 @@ class BanditResult:
         return 100.0 * self.optimal.mean(axis=0)
 
 
-def run_bandit(agent: BanditAgent, steps: int = 1000, seed: int = 0, drift: float = 0.0) -> BanditResult:
+def run_bandit(agent: BanditAgent, steps: int = 1000, *, drift: float = 0.0, seed: int = 0) -> BanditResult:
     """Run ``agent`` on ``agent.n_runs`` fresh k-armed testbeds (the one of
     :class:`rl4lmt.envs.BanditEnv`: q*(a) ~ N(0, 1), R ~ N(q*(A), 1), optional random-walk
     drift of q*) for ``steps`` pulls each. The same seed gives the same testbeds and rewards."""

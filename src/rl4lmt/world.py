@@ -669,8 +669,8 @@ class TinyReviews:
         return float(min(1.0, prior * math.exp(lp_req - lp_all)))
 
     # ------------------------------------------------------------------ preferences (reward modelling)
-    def preferences(self, n: int, seed: int | None = None, noise: float = 0.0,
-                    length_bias: float = 0.0, beta: float = 5.0) -> list[dict]:
+    def preferences(self, n: int, noise: float = 0.0, length_bias: float = 0.0, beta: float = 5.0,
+                    *, seed: int | None = None) -> list[dict]:
         """``n`` preference triples ``{"prompt", "chosen", "rejected"}`` from simulated annotators.
 
         The prompt is the first 1-3 words of a world review; the two completions are drawn from
