@@ -81,10 +81,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.update(HF_HUB_OFFLINE="1", MPLBACKEND="Agg")
     rows = [bench(n, args.class_size, args.jobs) for n in (args.names or assignments(ROOT))]
-    print(f"{'assignment':24s} {'own s':>6s} {'one process/student s (ratio)':>30s} {'one process/worker s (ratio)':>29s} "
-          f"{'class, j workers, per sub s':>28s}")
+    print(f"{'assignment':24s} {'own s':>6s} {'one process/student s (ratio)':>30s} "
+          f"{'one process/worker s (ratio)':>29s} {'class, j workers, per sub s':>28s}")
     for r in rows:
-        print(f"{r['assignment']:24s} {r['own_s']:6.1f} {r['per_student_process_s']:22.1f} ({r['per_student_process_ratio']:.2f}) "
+        print(f"{r['assignment']:24s} {r['own_s']:6.1f} {r['per_student_process_s']:22.1f} "
+              f"({r['per_student_process_ratio']:.2f}) "
               f"{r['amortised_s']:21.1f} ({r['amortised_ratio']:.2f}) {r['per_submission_in_class_s']:20.1f} "
               f"(N={r['class_size']}, j={r['jobs']})  single autograde {r['autograde_s']:.1f} s")
     out = ROOT / "benchmarks" / "results" / "grading_time.json"
