@@ -17,7 +17,6 @@ import math
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from rl4lmt import reward, zoo
 from rl4lmt.world import TinyReviews
@@ -83,7 +82,8 @@ def test_last_token_scores_equal_sequence_classification(rm_and_tok):
     left = torch.tensor([[0, 1, 1], [1, 1, 1]])
     v = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
     torch.testing.assert_close(reward.last_token_scores(v, left), torch.tensor([3.0, 6.0]))
-    torch.testing.assert_close(reward.last_token_scores(v, torch.tensor([[1, 0, 0], [1, 1, 0]])), torch.tensor([1.0, 5.0]))
+    right = torch.tensor([[1, 0, 0], [1, 1, 0]])
+    torch.testing.assert_close(reward.last_token_scores(v, right), torch.tensor([1.0, 5.0]))
     with pytest.raises(ValueError, match="attention_mask"):
         reward.last_token_scores(v, torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="attention_mask"):
@@ -117,8 +117,8 @@ def test_kwise_loss_is_the_mean_over_all_pairs():
     rankings = torch.stack([torch.randperm(4, generator=g) for _ in range(5)])
     terms = []
     for p in range(5):
-        for w, l in reward.ranking_pairs(rankings[p].tolist()):
-            terms.append(-math.log(1 / (1 + math.exp(-(scores[p, w] - scores[p, l]).item()))))
+        for w, lo in reward.ranking_pairs(rankings[p].tolist()):
+            terms.append(-math.log(1 / (1 + math.exp(-(scores[p, w] - scores[p, lo]).item()))))
     assert len(terms) == 5 * math.comb(4, 2)
     assert reward.kwise_bradley_terry_loss(scores, rankings).item() == pytest.approx(sum(terms) / len(terms), rel=1e-5)
     # K = 2 is the pairwise loss
@@ -328,6 +328,9 @@ def test_shipped_reward_model_loads_and_is_near_the_ceiling(world):
     rc = reward.score(rm, tok, data["prompt"], [c[1:-6] for c in data["chosen"]])
     rr = reward.score(rm, tok, data["prompt"], [r[1:-6] for r in data["rejected"]])
     acc, ceiling = reward.pairwise_accuracy(rc, rr), reward.bayes_ceiling(data["p_chosen"])
-    # ~300 pairs: the sampling error of an accuracy is ~0.027; the recipe's own gap is < 0.03
-    assert acc > ceiling - 0.12, (acc, ceiling)
-    assert acc > 0.6
+    # ~300 pairs: the sampling error of an accuracy is ~0.027 (the recipe measures ~0.66 against a
+    # ceiling of ~0.75 on 2993 pairs); well above chance, and no model beats the ceiling by much
+    assert 0.6 < acc < ceiling + 0.06, (acc, ceiling)
+    # it inherited the annotators' taste for length: its score rises with the number of words
+    lengths = np.array(data["len_chosen"] + data["len_rejected"])
+    assert np.corrcoef(lengths, np.concatenate([rc.numpy(), rr.numpy()]))[0, 1] > 0.2

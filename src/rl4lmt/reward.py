@@ -55,13 +55,13 @@ __all__ = [
     "POLICY", "Annotators", "gold_utility", "sample_responses", "ranking_pairs", "preference_data",
     "bradley_terry_loss", "kwise_bradley_terry_loss", "last_token_scores", "reward_model_from_lm",
     "score", "pairwise_accuracy", "bayes_ceiling", "best_of_n", "best_of_n_kl",
-    "best_of_n_expectation", "best_of_n_kl_monte_carlo", "RewardModelConfig", "train",
-    "train_bradley_terry", "evaluate",
+    "best_of_n_expectation", "best_of_n_kl_monte_carlo", "RewardModelConfig", "fit", "train",
+    "recipe_data", "train_bradley_terry", "evaluate",
 ]
 
 #: The policy whose responses the annotators compare, and the reward model's initialisation:
 #: RLHF's SFT model (chapter 5). The one place to change it.
-POLICY = "tiny-reviews"
+POLICY = "tiny-reviews-sft"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -73,6 +73,8 @@ def gold_utility(world: TinyReviews, instruction: str, response: str) -> float:
     The posterior probability that the world wrote ``y`` under the latents the instruction asks
     for (sentiment and topic); 0 for a text the world cannot produce (ungrammatical, unfinished).
     It is what the instruction *means*; annotators see it only through noise and their own taste.
+
+    Taught in chapter 6, "Preferences over the policy's own responses".
     """
     return world.instruction_score(instruction, response)
 
@@ -84,7 +86,8 @@ class Annotators:
     The annotators' utility of a response with :math:`|y|` words is
     :math:`u(x, y) = u^*(x, y) + \\lambda |y|`, and for two responses
 
-    .. math::  P(y_1 \\succ y_2) = (1 - \\epsilon)\\,\\sigma(\\beta (u_1 - u_2)) + \\epsilon\\,\\sigma(\\beta (u_2 - u_1)),
+    .. math::  P(y_1 \\succ y_2) = (1 - \\epsilon)\\,\\sigma(\\beta (u_1 - u_2))
+               + \\epsilon\\,\\sigma(\\beta (u_2 - u_1)),
 
     i.e. Bradley-Terry with inverse temperature :math:`\\beta`, then each recorded comparison is
     flipped with probability :math:`\\epsilon` (careless annotators).
@@ -138,6 +141,8 @@ def ranking_pairs(ranking) -> list[tuple[int, int]]:
 
     >>> ranking_pairs([2, 0, 1])
     [(2, 0), (2, 1), (0, 1)]
+
+    Taught in chapter 6, "The Bradley-Terry model".
     """
     ranking = [int(i) for i in ranking]
     if len(set(ranking)) != len(ranking) or len(ranking) < 2:
@@ -166,6 +171,8 @@ def sample_responses(policy, tokenizer, instructions, k: int, *, max_new_tokens:
     is unfinished, and the world scores it 0). Instructions of the same length share batches.
 
     Returns one list of ``k`` response strings per instruction, in order.
+
+    Taught in chapter 6, "Preferences over the policy's own responses".
     """
     from rl4lmt.decoding import sample
 
@@ -213,6 +220,8 @@ def preference_data(policy, tokenizer, world: TinyReviews, n_prompts: int, *, k:
     evaluation: ``prompt_id``, ``gold_chosen``/``gold_rejected`` (:func:`gold_utility`),
     ``len_chosen``/``len_rejected`` (words) and ``p_chosen`` (the annotators' exact probability of
     preferring the chosen one, :meth:`Annotators.prob_prefer`).
+
+    Taught in chapter 6, "Preferences over the policy's own responses".
     """
     from datasets import Dataset
 
@@ -232,18 +241,18 @@ def preference_data(policy, tokenizer, world: TinyReviews, n_prompts: int, *, k:
         gold = np.array([gold_utility(world, x, y) for y in ys])
         lens = np.array([len(y.split()) for y in ys])
         u = annotators.utility(gold, lens)
-        for w, l in ranking_pairs(annotators.rank(u, rng)):
-            if ys[w] == ys[l]:
+        for w, lo in ranking_pairs(annotators.rank(u, rng)):
+            if ys[w] == ys[lo]:
                 continue  # no preference between identical responses
             rows["prompt"].append(x)
             rows["chosen"].append(f" {ys[w]} {eos}")
-            rows["rejected"].append(f" {ys[l]} {eos}")
+            rows["rejected"].append(f" {ys[lo]} {eos}")
             rows["prompt_id"].append(pid)
             rows["gold_chosen"].append(float(gold[w]))
-            rows["gold_rejected"].append(float(gold[l]))
+            rows["gold_rejected"].append(float(gold[lo]))
             rows["len_chosen"].append(int(lens[w]))
-            rows["len_rejected"].append(int(lens[l]))
-            rows["p_chosen"].append(float(annotators.prob_prefer(u[w], u[l])))
+            rows["len_rejected"].append(int(lens[lo]))
+            rows["p_chosen"].append(float(annotators.prob_prefer(u[w], u[lo])))
     return Dataset.from_dict(rows)
 
 
@@ -292,6 +301,8 @@ def kwise_bradley_terry_loss(scores: torch.Tensor, rankings) -> torch.Tensor:
     each response is scored once (``scores`` ``(P, K)``), and all pairs of one prompt weigh as
     one example, so the K responses of a prompt do not count C(K, 2) times (Ouyang et al., 2022).
     ``rankings`` ``(P, K)``: response indices per prompt, best first.
+
+    Taught in chapter 6, "The Bradley-Terry model".
     """
     _as_scores(scores, "scores")
     rankings = torch.as_tensor(rankings, dtype=torch.long, device=scores.device)
@@ -299,8 +310,8 @@ def kwise_bradley_terry_loss(scores: torch.Tensor, rankings) -> torch.Tensor:
         raise ValueError(f"scores and rankings must both be (P, K) with K >= 2, got {tuple(scores.shape)} "
                          f"and {tuple(rankings.shape)}")
     ranked = scores.gather(1, rankings)  # (P, K): best first
-    w, l = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1, device=scores.device)  # pairs i < j
-    return -F.logsigmoid(ranked[:, w] - ranked[:, l]).mean()
+    win, lose = torch.triu_indices(scores.shape[1], scores.shape[1], offset=1, device=scores.device)  # i < j
+    return -F.logsigmoid(ranked[:, win] - ranked[:, lose]).mean()
 
 
 def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -310,6 +321,8 @@ def last_token_scores(values: torch.Tensor, attention_mask: torch.Tensor) -> tor
     seen at its last token; with right padding that is at index ``attention_mask.sum(1) - 1``,
     not at ``-1`` (a pad position). The index of the last 1 in the mask is used, so left padding
     works too. ``GPT2ForSequenceClassification`` does the same with ``config.pad_token_id``.
+
+    Taught in chapter 6, "The Bradley-Terry model".
     """
     _as_scores(values, "values")
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != values.shape:
@@ -328,6 +341,8 @@ def reward_model_from_lm(name: str = POLICY, *, seed: int = 0, device=None):
     The transformer's weights come from the LM (``rl4lmt.zoo`` name); the LM head is dropped and a
     fresh linear head ``score`` (``num_labels=1``, no bias) is drawn with ``seed``.
     ``config.pad_token_id`` is set so that the model reads the score at the last non-pad token.
+
+    Taught in chapter 6, "The Bradley-Terry model".
     """
     from transformers import GPT2ForSequenceClassification
 
@@ -355,6 +370,8 @@ def score(rm, tokenizer, prompts, responses, *, batch_size: int = 256) -> torch.
 
     Each pair is read as TRL's reward data is: ``<bos> prompt response <eos>``, right-padded; the
     score is the sequence-classification logit at the last real token (the EOS).
+
+    Taught in chapter 6, "The shipped reward model".
     """
     from rl4lmt.utils import check_texts
 
@@ -378,20 +395,25 @@ def pairwise_accuracy(r_chosen, r_rejected) -> float:
     """Share of pairs the reward model orders as the labels do: :math:`\\frac1B\\sum_i [r_{w,i} > r_{l,i}]`.
 
     A tie is not a win (a constant reward model scores 0, not 1). Arrays or tensors ``(B,)``.
+
+    Taught in chapter 6, "The shipped reward model".
     """
     rc = np.asarray(r_chosen.detach().cpu() if isinstance(r_chosen, torch.Tensor) else r_chosen, np.float64)
     rr = np.asarray(r_rejected.detach().cpu() if isinstance(r_rejected, torch.Tensor) else r_rejected, np.float64)
     if rc.shape != rr.shape or rc.ndim != 1 or rc.size == 0:
-        raise ValueError(f"r_chosen and r_rejected must be non-empty 1-D arrays of one shape, got {rc.shape} and {rr.shape}")
+        raise ValueError(f"r_chosen and r_rejected must be non-empty 1-D arrays of one shape, "
+                         f"got {rc.shape} and {rr.shape}")
     return float(np.mean(rc > rr))
 
 
 def bayes_ceiling(p_chosen) -> float:
-    """The best pairwise accuracy any reward model can expect on these pairs: :math:`\\frac1B\\sum_i \\max(p_i, 1 - p_i)`.
+    """The best pairwise accuracy any reward model can expect: :math:`\\frac1B\\sum_i \\max(p_i, 1 - p_i)`.
 
     ``p_chosen[i]`` is the annotators' probability of the recorded label (:meth:`Annotators.prob_prefer`);
     the Bayes classifier predicts the likelier label of each pair, and is right with probability
     :math:`\\max(p_i, 1 - p_i)` whatever label was drawn. Exact given the pairs, from the annotator model.
+
+    Taught in chapter 6, "The shipped reward model".
     """
     p = np.asarray(p_chosen, dtype=np.float64)
     if p.ndim != 1 or p.size == 0 or np.any((p < 0) | (p > 1)):
@@ -407,6 +429,8 @@ def evaluate(rm, tokenizer, data) -> dict:
     ``annotator_gold_accuracy`` (the labels themselves against gold), ``pearson``/``spearman``
     (RM score against gold utility, over distinct responses), and the length slopes: the least-
     squares slope per word of the RM score and of the gold utility, and ``rm_length_corr``.
+
+    Taught in chapter 6, "The shipped reward model".
     """
     from scipy import stats
 
@@ -446,6 +470,8 @@ def best_of_n(scores) -> torch.Tensor:
 
     Ties go to the first candidate. The simplest policy improvement with a reward model: sample
     n responses, keep the one the reward model likes most.
+
+    Taught in chapter 6, "Best-of-n, and the first Goodhart curve".
     """
     scores = torch.as_tensor(scores)
     if scores.dim() != 2 or scores.shape[1] == 0:
@@ -459,6 +485,8 @@ def best_of_n_kl(n: int) -> float:
     Exact when the ranking score is continuous under :math:`\\pi` (no ties, every single response
     improbable), an upper bound otherwise (Beirami et al., 2024). The x-axis of Gao et al.'s
     (2022) over-optimisation curves: best-of-n buys reward with little KL (log n grows slowly).
+
+    Taught in chapter 6, "Best-of-n, and the first Goodhart curve".
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -471,6 +499,8 @@ def best_of_n_expectation(proxy, values, n: int) -> np.ndarray:
     The unbiased estimator of Gao et al. (2022, appendix): with a row's N samples sorted by proxy,
     a random n-subset's best is the i-th smallest with probability :math:`\\binom{i-1}{n-1}/\\binom{N}{n}`,
     so every n-subset of the N samples is averaged over exactly, without resampling.
+
+    Taught in chapter 6, "Best-of-n, and the first Goodhart curve".
     """
     proxy, values = np.asarray(proxy, np.float64), np.asarray(values, np.float64)
     if proxy.shape != values.shape or proxy.ndim != 2:
@@ -506,6 +536,8 @@ def best_of_n_kl_monte_carlo(world: TinyReviews, utility, n: int, *, n_reference
     :math:`\\log\\pi_{\\mathrm{BoN}}(y) - \\log\\pi(y)` over ``n_draws`` best-of-n draws.
 
     Returns ``(kl, standard_error)``.
+
+    Taught in chapter 6, "Best-of-n, and the first Goodhart curve".
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
@@ -539,6 +571,8 @@ def train_bradley_terry(rm, tokenizer, data, *, steps: int = 100, batch_size: in
     Each step draws ``batch_size`` pairs, runs chosen and rejected through the model in one
     padded batch (chosen first, as TRL's collator does), reads each score at the last real token
     and takes one optimiser step. ``rm`` is trained in place; returns per-step ``(loss, info)`` dicts.
+
+    Taught in chapter 6, "Training it, from scratch".
     """
     from tqdm.auto import tqdm
 
@@ -571,20 +605,27 @@ class RewardModelConfig:
 
     policy: str = POLICY
     """The SFT policy that writes the responses, and the reward model's initialisation."""
-    n_prompts: int = 3000
-    """Training instructions; each gives C(k, 2) pairs."""
+    n_prompts: int = 2000
+    """Training instructions; each gives up to C(k, 2) pairs (identical responses are not compared)."""
     n_eval_prompts: int = 500
     """Held-out instructions (a different seed) for the reported numbers."""
     k: int = 4
     """Responses ranked per instruction (InstructGPT used 4 to 9)."""
     beta: float = 10.0
+    """Annotators' inverse temperature (:class:`Annotators`): gold differences of 0.1 are preferred 73:27."""
     noise: float = 0.1
+    """Annotators' label noise: one comparison in ten is flipped."""
     length_bias: float = 0.02
-    epochs: float = 2.0
+    """Annotators' taste for length, per word: 10 extra words weigh like 0.2 of gold utility."""
+    epochs: float = 1.0
+    """Passes over the pairs (reward models overfit quickly; InstructGPT trained for one epoch)."""
     batch_size: int = 32
+    """Pairs per step (64 sequences: chosen and rejected)."""
     lr: float = 1e-3
+    """AdamW learning rate, decayed linearly to 0 (a tiny model takes a large step size)."""
     weight_decay: float = 0.0
     seed: int = 0
+    """Seeds the responses, the rankings, the head's initialisation and the batch order."""
     threads: int = 1
     """One thread: the same seed gives the same weights (and 2 threads on a shared machine are slower)."""
     annotators: Annotators = field(init=False)
@@ -593,34 +634,22 @@ class RewardModelConfig:
         self.annotators = Annotators(beta=self.beta, noise=self.noise, length_bias=self.length_bias)
 
 
-def train(out_dir=None, cfg: RewardModelConfig | None = None, progress: bool = True) -> dict:
-    """Train the reward model with TRL's ``RewardTrainer`` and save it (and ``training.json``) to ``out_dir``.
+def fit(train_data, cfg: RewardModelConfig | None = None, progress: bool = True):
+    """Fit a reward model to preference data with TRL's ``RewardTrainer``: ``(rm, tokenizer, log)``.
 
-    Preference data from :func:`preference_data` (the policy's own responses), a reward model
-    from :func:`reward_model_from_lm`, ``RewardTrainer`` with a linear-decay schedule; then the
-    held-out evaluation of :func:`evaluate`. Seeded end to end: the same command rebuilds the
-    same bytes on the same machine.
+    The model comes from :func:`reward_model_from_lm` (``cfg.policy``, seeded head); the trainer
+    adds the EOS-terminated completions to their prompts, tokenises, pads chosen and rejected rows
+    into one batch, and minimises ``-logsigmoid(r_w - r_l)`` with AdamW and a linear decay.
+    ``log`` holds the trainer's logged metrics and its mean training loss.
+
+    Taught in chapter 6, "The shipped reward model".
     """
     import tempfile
 
     from transformers.utils import logging as hf_logging
     from trl import RewardConfig, RewardTrainer
 
-    from rl4lmt import zoo
-    from rl4lmt.utils import set_seed
-
     cfg = cfg or RewardModelConfig()
-    out_dir = Path(out_dir) if out_dir is not None else zoo.checkpoint_dir("tiny-reviews-rm")
-    torch.set_num_threads(cfg.threads)
-    set_seed(cfg.seed)
-    t0 = time.perf_counter()
-    world = TinyReviews(seed=cfg.seed)
-    policy, tokenizer = zoo.load(cfg.policy, device="cpu")
-    train_data = preference_data(policy, tokenizer, world, cfg.n_prompts, k=cfg.k,
-                                 annotators=cfg.annotators, seed=cfg.seed)
-    eval_data = preference_data(policy, tokenizer, world, cfg.n_eval_prompts, k=cfg.k,
-                                annotators=cfg.annotators, seed=cfg.seed + 10_000)
-    t_data = time.perf_counter() - t0
     rm, tokenizer = reward_model_from_lm(cfg.policy, seed=cfg.seed, device="cpu")
     with tempfile.TemporaryDirectory() as tmp:
         args = RewardConfig(
@@ -630,15 +659,40 @@ def train(out_dir=None, cfg: RewardModelConfig | None = None, progress: bool = T
             use_cpu=True, disable_tqdm=not progress, dataloader_num_workers=0, max_length=None,
         )
         verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
+        hf_logging.set_verbosity_error()  # no notices about the new, randomly initialised head
         try:
             trainer = RewardTrainer(model=rm, args=args, train_dataset=train_data, processing_class=tokenizer)
             result = trainer.train()
         finally:
             hf_logging.set_verbosity(verbosity)
         history = [h for h in trainer.state.log_history if "loss" in h]
+    log = {"train_loss": result.training_loss,
+           "history": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in history]}
+    return trainer.model.eval(), tokenizer, log
+
+
+def train(out_dir=None, cfg: RewardModelConfig | None = None, progress: bool = True) -> dict:
+    """Build the shipped reward model: preference data, :func:`fit`, held-out :func:`evaluate`, save.
+
+    Preference data from :func:`preference_data` over the policy's own responses (training and
+    held-out instructions from different seeds), the model fitted with TRL's ``RewardTrainer``,
+    saved with its tokenizer and ``training.json`` (recipe, timings, held-out evaluation) in
+    ``out_dir``. Seeded end to end: the same command rebuilds the same bytes on the same machine.
+
+    Taught in chapter 6, "The shipped reward model".
+    """
+    from rl4lmt import zoo
+    from rl4lmt.utils import set_seed
+
+    cfg = cfg or RewardModelConfig()
+    out_dir = Path(out_dir) if out_dir is not None else zoo.checkpoint_dir("tiny-reviews-rm")
+    torch.set_num_threads(cfg.threads)
+    set_seed(cfg.seed)
+    t0 = time.perf_counter()
+    train_data, eval_data = recipe_data(cfg)
+    t_data = time.perf_counter() - t0
+    rm, tokenizer, log = fit(train_data, cfg, progress)
     t_train = time.perf_counter() - t0 - t_data
-    rm = trainer.model.eval()
     metrics = evaluate(rm, tokenizer, eval_data)
     out_dir.mkdir(parents=True, exist_ok=True)
     rm.save_pretrained(out_dir, safe_serialization=True)
@@ -647,11 +701,23 @@ def train(out_dir=None, cfg: RewardModelConfig | None = None, progress: bool = T
         "config": {k: v for k, v in asdict(cfg).items() if k != "annotators"},
         "n_train_pairs": len(train_data), "n_eval_pairs": len(eval_data),
         "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1),
-        "train_loss": result.training_loss, "eval": metrics,
-        "log": [{k: round(v, 4) if isinstance(v, float) else v for k, v in h.items()} for h in history],
+        "train_loss": log["train_loss"], "eval": metrics, "log": log["history"],
     }
     (out_dir / "training.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def recipe_data(cfg: RewardModelConfig):
+    """The recipe's ``(train_data, eval_data)``: :func:`preference_data` with seeds ``seed`` and ``seed + 10000``."""
+    from rl4lmt import zoo
+
+    world = TinyReviews(seed=cfg.seed)
+    policy, tokenizer = zoo.load(cfg.policy, device="cpu")
+    train_data = preference_data(policy, tokenizer, world, cfg.n_prompts, k=cfg.k,
+                                 annotators=cfg.annotators, seed=cfg.seed)
+    eval_data = preference_data(policy, tokenizer, world, cfg.n_eval_prompts, k=cfg.k,
+                                annotators=cfg.annotators, seed=cfg.seed + 10_000)
+    return train_data, eval_data
 
 
 def _main(argv=None) -> None:
