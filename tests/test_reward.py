@@ -332,5 +332,5 @@ def test_shipped_reward_model_loads_and_is_near_the_ceiling(world):
     # ceiling of ~0.75 on 2993 pairs); well above chance, and no model beats the ceiling by much
     assert 0.6 < acc < ceiling + 0.06, (acc, ceiling)
     # it inherited the annotators' taste for length: its score rises with the number of words
-    lengths = np.array(data["len_chosen"] + data["len_rejected"])
+    lengths = np.array(list(data["len_chosen"]) + list(data["len_rejected"]))
     assert np.corrcoef(lengths, np.concatenate([rc.numpy(), rr.numpy()]))[0, 1] > 0.2

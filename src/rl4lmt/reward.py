@@ -640,7 +640,8 @@ def fit(train_data, cfg: RewardModelConfig | None = None, progress: bool = True)
     The model comes from :func:`reward_model_from_lm` (``cfg.policy``, seeded head); the trainer
     adds the EOS-terminated completions to their prompts, tokenises, pads chosen and rejected rows
     into one batch, and minimises ``-logsigmoid(r_w - r_l)`` with AdamW and a linear decay.
-    ``log`` holds the trainer's logged metrics and its mean training loss.
+    ``log`` holds the trainer's logged metrics and its mean training loss. Note: transformers'
+    ``Trainer`` seeds the global generators with ``cfg.seed`` (that is how it makes runs repeatable).
 
     Taught in chapter 6, "The shipped reward model".
     """
