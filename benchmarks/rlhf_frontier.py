@@ -253,6 +253,15 @@ def matched_kl_ratio(ppo_run: dict, others: list[dict]) -> dict:
             "ratio_best": ours_best["gold"] / point["gold"]}
 
 
+def _weights_sha(name: str) -> str:
+    """First 12 hex digits of a shipped checkpoint's weights: which models these results belong to."""
+    import hashlib
+
+    from rl4lmt.zoo import checkpoint_dir
+
+    return hashlib.sha256((checkpoint_dir(name) / "model.safetensors").read_bytes()).hexdigest()[:12]
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=240.0, help="training wall-clock per online run")
@@ -274,6 +283,7 @@ def main(argv=None) -> None:
     results["meta"] = results.get("meta", {}) if not runs else {
         "command": "python benchmarks/rlhf_frontier.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "policy": ppo.POLICY, "reward_model": ppo.REWARD_MODEL, "seconds": args.seconds, "kl_coef": args.kl_coef,
+        "weights_sha256": {name: _weights_sha(name) for name in (ppo.POLICY, ppo.REWARD_MODEL)},
         "batch_size": args.batch_size, "lr": args.lr, "max_new_tokens": MAX_NEW_TOKENS,
         "eval_prompts": args.eval_prompts, "threads": 1, "machine": platform.machine(),
         "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
