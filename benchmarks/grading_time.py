@@ -19,6 +19,7 @@ The goal: autograde (amortised) <= 1.5 x own. Results to stdout and benchmarks/r
 import argparse
 import json
 import os
+import resource
 import pathlib
 import sys
 import tempfile
@@ -33,18 +34,26 @@ from rl4lmt.grading.course import assignments, build_course, solved_from_master,
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def own_time(nb, folder: pathlib.Path) -> float:
+def _cpu() -> float:
+    """CPU seconds of this process and of every finished child (kernels, nbgrader and its kernels)."""
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+
+def own_time(nb, folder: pathlib.Path) -> tuple[float, float]:
+    """(wall s, CPU s) of running the notebook once in a fresh kernel."""
     client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(folder)}})
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     client.execute()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, _cpu() - c
 
 
-def _class(course, name, n, prefix, **kw) -> tuple[float, bool]:
+def _class(course, name, n, prefix, **kw) -> tuple[float, float, bool]:
+    """(wall s, CPU s) per submission of grading n copies, and whether all were graded."""
     students = [f"{prefix}{i:02d}" for i in range(n)]
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _cpu()
     results = grade(name, course, students=students, **kw)
-    return (time.perf_counter() - t) / n, all(r["ok"] for r in results)
+    return (time.perf_counter() - t) / n, (_cpu() - c) / n, all(r["ok"] for r in results)
 
 
 def bench(name: str, class_size: int, jobs: int) -> dict:
@@ -53,7 +62,7 @@ def bench(name: str, class_size: int, jobs: int) -> dict:
         master = nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4)
         release = nbformat.read(course / "exercises" / name / f"{name}.ipynb", as_version=4)
         solved = solved_from_master(master, release)
-        own = own_time(solved, course / "exercises" / name)
+        own, own_cpu = own_time(solved, course / "exercises" / name)
         submit(course, "one", name, solved)
         t = time.perf_counter()
         proc = _nbgrader(["autograde", name, "--student", "one", "--force"], course)
@@ -63,13 +72,15 @@ def bench(name: str, class_size: int, jobs: int) -> dict:
         for prefix in ("p", "b", "c"):
             for i in range(class_size):
                 submit(course, f"{prefix}{i:02d}", name, solved)
-        per_student, ok1 = _class(course, name, class_size, "p", jobs=1, batch=False)
-        amortised, ok2 = _class(course, name, class_size, "b", jobs=1)
-        in_class, ok3 = _class(course, name, class_size, "c", jobs=jobs)
+        per_student, per_student_cpu, ok1 = _class(course, name, class_size, "p", jobs=1, batch=False)
+        amortised, amortised_cpu, ok2 = _class(course, name, class_size, "b", jobs=1)
+        in_class, _, ok3 = _class(course, name, class_size, "c", jobs=jobs)
     return {"assignment": name, "own_s": round(own, 1), "autograde_s": round(single, 1),
             "ratio": round(single / own, 2), "class_size": class_size,
             "per_student_process_s": round(per_student, 1), "per_student_process_ratio": round(per_student / own, 2),
             "amortised_s": round(amortised, 1), "amortised_ratio": round(amortised / own, 2),
+            "own_cpu_s": round(own_cpu, 1), "per_student_process_cpu_ratio": round(per_student_cpu / own_cpu, 2),
+            "amortised_cpu_ratio": round(amortised_cpu / own_cpu, 2),
             "jobs": jobs, "per_submission_in_class_s": round(in_class, 1), "all_ok": ok1 and ok2 and ok3}
 
 
@@ -88,6 +99,8 @@ def main() -> None:
               f"({r['per_student_process_ratio']:.2f}) "
               f"{r['amortised_s']:21.1f} ({r['amortised_ratio']:.2f}) {r['per_submission_in_class_s']:20.1f} "
               f"(N={r['class_size']}, j={r['jobs']})  single autograde {r['autograde_s']:.1f} s")
+        print(f"{'':24s} CPU time: own {r['own_cpu_s']:.1f} s; one process per student {r['per_student_process_cpu_ratio']:.2f} x, "
+              f"one process per worker {r['amortised_cpu_ratio']:.2f} x")
     out = ROOT / "benchmarks" / "results" / "grading_time.json"
     out.parent.mkdir(exist_ok=True)
     # merge with earlier runs (one row per assignment, the newest wins)

@@ -134,18 +134,24 @@ class MutationSuite:
     def verdict(self, task: str, body: str | Edit | None = None) -> str | None:
         """Run ``task`` (with ``body`` as its solution; None: the master's) and its tests.
 
-        Returns None when the test cell passes, else what went wrong (the error, or the stderr output).
+        Returns None when the test cell passes, else what went wrong (the error the cells raised).
         """
         cells = self.cells
         ns = dict(self.base_namespace())
-        with contextlib.redirect_stdout(io.StringIO()):
-            for gid in self.needs.get(task, []) + [task]:
-                src = cells[gid]
-                if gid == task and isinstance(body, Edit):
-                    src = body.apply(src)
-                elif gid == task and body is not None:
-                    src = swap_solution(src, body)
-                exec(compile(src, gid, "exec"), ns)
+        sources = []
+        for gid in self.needs.get(task, []) + [task]:
+            src = cells[gid]
+            if gid == task and isinstance(body, Edit):
+                src = body.apply(src)  # a table error (an edit that does not apply) raises here
+            elif gid == task and body is not None:
+                src = swap_solution(src, body)
+            sources.append((gid, src))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                for gid, src in sources:
+                    exec(compile(src, gid, "exec"), ns)
+        except Exception as exc:  # the solution cell itself fails (a syntax error, a crash at import)
+            return f"the solution cell {gid} failed: {type(exc).__name__}: {str(exc)[:300]}"
         if self.strict_namespace:  # only the student's functions cross over into the test cell
             names = solution_names(cells, self._solutions)
             test_ns = {"__name__": "__main__", "__builtins__": builtins}
