@@ -19,8 +19,8 @@ The goal: autograde (amortised) <= 1.5 x own. Results to stdout and benchmarks/r
 import argparse
 import json
 import os
-import resource
 import pathlib
+import resource
 import sys
 import tempfile
 import time
@@ -99,7 +99,8 @@ def main() -> None:
               f"({r['per_student_process_ratio']:.2f}) "
               f"{r['amortised_s']:21.1f} ({r['amortised_ratio']:.2f}) {r['per_submission_in_class_s']:20.1f} "
               f"(N={r['class_size']}, j={r['jobs']})  single autograde {r['autograde_s']:.1f} s")
-        print(f"{'':24s} CPU time: own {r['own_cpu_s']:.1f} s; one process per student {r['per_student_process_cpu_ratio']:.2f} x, "
+        print(f"{'':24s} CPU time: own {r['own_cpu_s']:.1f} s; "
+              f"one process per student {r['per_student_process_cpu_ratio']:.2f} x, "
               f"one process per worker {r['amortised_cpu_ratio']:.2f} x")
     out = ROOT / "benchmarks" / "results" / "grading_time.json"
     out.parent.mkdir(exist_ok=True)
