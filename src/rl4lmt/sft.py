@@ -205,7 +205,11 @@ def sft_config(cfg: SFTRecipe, output_dir: str | os.PathLike, *, progress: bool 
         disable_tqdm=not progress,
     )
     kwargs.update(overrides)
-    return SFTConfig(**kwargs)
+    import warnings
+
+    with warnings.catch_warnings():  # transformers renames gradient_checkpointing; TRL still sets it
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        return SFTConfig(**kwargs)
 
 
 @contextlib.contextmanager
