@@ -13,12 +13,13 @@ demonstrations (``rl4lmt.sft.instruction_dataset``, seed 0), for the same number
   quantisation; ``rl4lmt.sft.nf4_roundtrip_``): QLoRA's numbers, not its memory saving;
 - ``prompt-k16``: peft prompt tuning, 16 virtual tokens.
 
-The LoRA runs also put a LoRA update on the input embedding (``wte``; the tied output head stays
-frozen): the instruction words that plain reviews never contain (``NEW_WORDS``) were never an
-input in pretraining, which left their embeddings nearly parallel, so with every embedding frozen
-LoRA cannot tell "positive" from "negative"; the ``*-frozen-emb`` runs show it. (peft's
-``trainable_token_indices`` would train just those rows, but its wrapper of the tied head breaks
-TRL's fused loss in this version.)
+The LoRA runs also train a copy of the input embedding (peft's ``modules_to_save=["wte"]``; the
+tied output head stays frozen): the instruction words that plain reviews never contain
+(``NEW_WORDS``) were never an input in pretraining, which left their embeddings nearly parallel,
+so with every embedding frozen LoRA cannot tell "positive" from "negative"; the ``*-frozen-emb``
+runs show it. (peft's ``trainable_token_indices`` would train just those rows, but its wrapper of
+the tied head breaks TRL's fused loss in this version; a LoRA update of ``wte`` trained unstably
+and, merged, also changes the tied head.)
 
 Two more experiments with full fine-tuning answer "how much data?" (``data-n{..}``: the number of
 distinct demonstrations, same steps) and "does it generalise?" (``unseen-combos``: 12 of the 72
@@ -54,15 +55,15 @@ ALL_LINEAR = ("c_attn", "c_proj", "c_fc")
 NEW_WORDS = (":", "about", "negative", "positive", "review", "write")
 METHODS = {  # in the order they run (the most telling first)
     "full": dict(kind="full", lr=3e-3),
-    "lora-attn-r4": dict(kind="lora", r=4, targets=("c_attn",), lr=3e-2, new_tokens=True),
-    "lora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=3e-2, new_tokens=True),
-    "qlora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=3e-2, new_tokens=True, nf4=True),
+    "lora-attn-r4": dict(kind="lora", r=4, targets=("c_attn",), lr=1e-2, new_tokens=True),
+    "lora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, new_tokens=True),
+    "qlora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, new_tokens=True, nf4=True),
     "prompt-k16": dict(kind="prompt", k=16, lr=3e-2),
     "unseen-combos": dict(kind="full", lr=3e-3, unseen=12),
     "data-n100": dict(kind="full", lr=3e-3, n_train=100),
     "data-n1000": dict(kind="full", lr=3e-3, n_train=1000),
-    "lora-attn-r1": dict(kind="lora", r=1, targets=("c_attn",), lr=3e-2, new_tokens=True),
-    "lora-attn-r16": dict(kind="lora", r=16, targets=("c_attn",), lr=3e-2, new_tokens=True),
+    "lora-attn-r1": dict(kind="lora", r=1, targets=("c_attn",), lr=1e-2, new_tokens=True),
+    "lora-attn-r16": dict(kind="lora", r=16, targets=("c_attn",), lr=1e-2, new_tokens=True),
     # measured first (lr 1e-2), kept to show the failure: LoRA with every embedding frozen
     "lora-attn-r4-frozen-emb": dict(kind="lora", r=4, targets=("c_attn",), lr=1e-2),
     "lora-all-r4-frozen-emb": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2),
@@ -89,10 +90,10 @@ def run(name: str, spec: dict, steps: int, eval_pairs, reviews, world) -> dict:
     data = sft.instruction_dataset(cfg.n_train, exclude=exclude, seed=cfg.seed)
     peft_config = None
     if spec["kind"] == "lora":
-        # LoRA on the input embedding too (the tied output head stays frozen) lets the new words move apart
-        targets = list(spec["targets"]) + (["wte"] if spec.get("new_tokens") else [])
+        # a trainable copy of the input embedding (the tied output head stays frozen) lets the new words move apart
         peft_config = LoraConfig(r=spec["r"], lora_alpha=2 * spec["r"], lora_dropout=0.0, bias="none",
-                                 target_modules=targets, fan_in_fan_out=True, task_type="CAUSAL_LM")
+                                 target_modules=list(spec["targets"]), fan_in_fan_out=True, task_type="CAUSAL_LM",
+                                 modules_to_save=["wte"] if spec.get("new_tokens") else None)
     elif spec["kind"] == "prompt":
         peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=spec["k"])
     trainer = sft.make_trainer(model, tok, data, cfg, peft_config=peft_config, use_cpu=True)
