@@ -26,8 +26,10 @@ book: $(STAMP)
 	$(VENV)/bin/jupyter-book build . -W --keep-going
 
 ## make test: lint, then the whole test suite (builds the book first: browser and leak tests read it).
+## Two pytest workers (one per core); --dist loadfile keeps each file's module fixtures in one worker.
+PYTEST_WORKERS ?= 2
 test: lint book chromium
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 ## make lint: ruff over the package, the tests and the benchmarks (rules in pyproject's [tool.ruff];
 ## the book's pages are MyST Markdown and are not linted).
