@@ -77,3 +77,24 @@ def test_one_model_device_helper():
     assert lm._model_device is utils.model_device and pg.model_device is utils.model_device
     for module in (decoding, lm, pg):
         assert "next(model.parameters()).device" not in inspect.getsource(module), module.__name__
+
+
+def test_glue_stores_plain_python_numbers(monkeypatch):
+    """numpy 2's repr ('np.float64(0.5)') breaks myst-nb's {glue:text}`x:.2f`; utils.glue stores plain numbers."""
+    import myst_nb
+    import numpy as np
+    import torch
+
+    from rl4lmt.utils import glue
+
+    seen = {}
+    monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update({name: value}))
+    glue("a", np.float64(0.5))
+    glue("b", np.int64(3))
+    glue("c", torch.tensor(0.25))
+    glue("d", "text")
+    assert seen == {"a": 0.5, "b": 3, "c": 0.25, "d": "text"}
+    assert type(seen["a"]) is float and type(seen["b"]) is int and type(seen["c"]) is float
+    assert format(seen["a"], ".2f") == "0.50"  # what {glue:text}`a:.2f` does
+    with pytest.raises(TypeError, match="name"):
+        glue("", 1.0)

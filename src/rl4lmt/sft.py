@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import math
 import os
 import tempfile
@@ -41,6 +42,10 @@ from torch import nn
 
 from rl4lmt.utils import set_seed
 from rl4lmt.world import ASPECTS, TinyReviews
+
+# TRL and peft import bitsandbytes, whose CPU backend warns on every import that it could not fetch an
+# optional kernel from the hub; the course never needs it (and is offline), so the warning is noise.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __all__ = [
     "REQUESTS", "instruction_combo", "instruction_pairs", "instruction_dataset",
