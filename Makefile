@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test lint venv clean-book model sft-model reward-model exercises bench chromium
+.PHONY: book test lint venv clean-book model sft-model reward-model rlhf-models exercises bench chromium
 
 venv: $(STAMP)
 
@@ -63,6 +63,10 @@ model: $(STAMP)
 ## make sft-model: retrain the shipped instruction-tuned tiny-reviews-sft (chapter 5; same seed, same weights).
 sft-model: $(STAMP)
 	$(PY) -m rl4lmt.sft train
+
+## make rlhf-models: retrain the shipped tiny-reviews-ppo and tiny-reviews-dpo (chapter 8; same seed, same weights).
+rlhf-models: $(STAMP)
+	$(PY) -m rl4lmt.rlhf_models all
 
 ## make reward-model: retrain the shipped reward model tiny-reviews-rm (chapter 6; same seed, same weights).
 reward-model: $(STAMP)

@@ -34,8 +34,11 @@ from rl4lmt.world import EOS, TinyReviews
 __all__ = ["load", "build_tokenizer", "TinyGPTConfig", "train", "checkpoint_dir", "SHIPPED"]
 
 PAD, UNK = "<pad>", "<unk>"
-SHIPPED = ("tiny-reviews", "tiny-reviews-sft")  # causal LMs; "-sft": chapter 5's instruction-tuned model
+SHIPPED = ("tiny-reviews", "tiny-reviews-sft",  # causal LMs; "-sft": chapter 5's instruction-tuned model
+           "tiny-reviews-ppo", "tiny-reviews-dpo")  # the SFT model after PPO-RLHF / DPO (rl4lmt.rlhf_models)
 REWARD_MODELS = ("tiny-reviews-rm",)  # shipped GPT2ForSequenceClassification reward models (chapter 6)
+_REBUILD = {"tiny-reviews-sft": "rl4lmt.sft train", "tiny-reviews-ppo": "rl4lmt.rlhf_models ppo",
+            "tiny-reviews-dpo": "rl4lmt.rlhf_models dpo"}  # the command that rebuilds each checkpoint
 
 
 def checkpoint_dir(name: str = "tiny-reviews") -> Path:
@@ -212,7 +215,7 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
         if not (path / "model.safetensors").exists():
             raise FileNotFoundError(
                 f"the shipped checkpoint {name!r} is missing from {path}; rebuild it with "
-                f"`python -m rl4lmt.{'sft' if name == 'tiny-reviews-sft' else 'zoo'} train` "
+                f"`python -m {_REBUILD.get(name, 'rl4lmt.zoo train')}` "
                 "(or reinstall the package)")
         with _quiet_loading():  # no "Loading weights" bar on every book page
             model = GPT2LMHeadModel.from_pretrained(path)
