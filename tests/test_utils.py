@@ -85,7 +85,7 @@ def test_glue_stores_plain_python_numbers(monkeypatch):
     import numpy as np
     import torch
 
-    from rl4lmt.utils import glue
+    from rl4lmt.book import glue
 
     seen = {}
     monkeypatch.setattr(myst_nb, "glue", lambda name, value, display=True: seen.update({name: value}))

@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # annotations only: torch is imported where it is used
     import torch
 
 __all__ = ["set_seed", "get_device", "to_device", "model_device", "check_generator", "check_texts",
-           "best_first_search", "glue"]
+           "best_first_search"]
 
 
 def set_seed(seed: int) -> None:
@@ -105,22 +105,6 @@ def check_generator(generator, device) -> None:
     if generator.device.type != device.type:
         raise ValueError(f"generator is on {generator.device.type} but the model is on {device}: create it with "
                          f"torch.Generator(device={device.type!r}).manual_seed(seed)")
-
-
-def glue(name: str, value, display: bool = False) -> None:
-    """Quote a computed value in a book page's prose (myst-nb's ``glue``), so text and output cannot drift.
-
-    numpy and 0-d torch scalars become Python numbers first: numpy 2's repr (``np.float64(0.3)``)
-    is what myst-nb would store, and a format spec such as ``{glue:text}`name:.3f``` cannot parse it.
-    myst-nb is imported here, not at module level: it comes with the book's tools, not the package.
-    """
-    from myst_nb import glue as myst_glue
-
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a non-empty string, got {name!r}")
-    if isinstance(value, np.generic) or (hasattr(value, "item") and getattr(value, "ndim", None) == 0):
-        value = value.item()
-    myst_glue(name, value, display=display)
 
 
 def check_texts(texts) -> list[str]:
