@@ -56,6 +56,7 @@ import torch.nn.functional as F
 from rl4lmt.decoding import distinct_n, sample
 from rl4lmt.lm import shifted_logprobs
 from rl4lmt.pg import ppo_clip_loss
+from rl4lmt.utils import model_device
 
 __all__ = [
     "PPOConfig",
@@ -504,13 +505,6 @@ class PPORollout(NamedTuple):
     finished: torch.Tensor
 
 
-def _device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def rollout(
     policy, tokenizer, prompts: Sequence[str], max_new_tokens: int, *, generator: torch.Generator | None = None
@@ -526,7 +520,7 @@ def rollout(
     if eos is None:
         raise ValueError("tokenizer has no eos_token_id: a response must be able to end")
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    device = _device(policy)
+    device = model_device(policy)
     encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
     rows: list = [None] * len(prompts)
     by_length: dict[int, list[int]] = {}
@@ -626,7 +620,7 @@ def train_ppo(
         raise ValueError("prompts must be a non-empty list of strings")
     if not callable(reward_fn):
         raise TypeError("reward_fn must be callable: (prompts, responses) -> scores")
-    device = _device(policy)
+    device = model_device(policy)
     critic = Critic(policy) if critic is None else critic
     critic.to(device)
     for m in (policy, ref, critic):

@@ -49,6 +49,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rl4lmt.utils import model_device
 from rl4lmt.world import TinyReviews
 
 __all__ = [
@@ -153,13 +154,6 @@ def ranking_pairs(ranking) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------------------------
 # 2. Preference data over the policy's own responses
 # ----------------------------------------------------------------------------------------------
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def sample_responses(policy, tokenizer, instructions, k: int, *, max_new_tokens: int = 40,
                      batch_rows: int = 256, generator: torch.Generator | None = None) -> list[list[str]]:
@@ -181,7 +175,7 @@ def sample_responses(policy, tokenizer, instructions, k: int, *, max_new_tokens:
     instructions = list(instructions)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
-    device = _model_device(policy)
+    device = model_device(policy)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     special = set(tokenizer.all_special_ids)
     encoded = [list(tokenizer(x)["input_ids"]) for x in instructions]
@@ -231,7 +225,7 @@ def preference_data(policy, tokenizer, world: TinyReviews, n_prompts: int, *, k:
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         raise ValueError(f"k must be an int >= 2 (a ranking compares responses), got {k!r}")
     instructions = [x for x, _ in world.instructions(n_prompts, seed=seed)]
-    gen = torch.Generator(device=_model_device(policy)).manual_seed(seed)
+    gen = torch.Generator(device=model_device(policy)).manual_seed(seed)
     responses = sample_responses(policy, tokenizer, instructions, k, max_new_tokens=max_new_tokens, generator=gen)
     rng = np.random.default_rng(seed)
     eos = tokenizer.eos_token
@@ -378,7 +372,7 @@ def score(rm, tokenizer, prompts, responses, *, batch_size: int = 256) -> torch.
     prompts, responses = check_texts(prompts), check_texts(responses)
     if len(prompts) != len(responses):
         raise ValueError(f"prompts and responses must have one length, got {len(prompts)} and {len(responses)}")
-    device = _model_device(rm)
+    device = model_device(rm)
     texts = [f"{x} {y} {tokenizer.eos_token}" for x, y in zip(prompts, responses)]
     out = []
     for i in range(0, len(texts), batch_size):
@@ -576,7 +570,7 @@ def train_bradley_terry(rm, tokenizer, data, *, steps: int = 100, batch_size: in
     """
     from tqdm.auto import tqdm
 
-    device = _model_device(rm)
+    device = model_device(rm)
     gen = np.random.default_rng(seed)
     texts_c = [x + c for x, c in zip(data["prompt"], data["chosen"])]
     texts_r = [x + r for x, r in zip(data["prompt"], data["rejected"])]

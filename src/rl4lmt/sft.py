@@ -40,7 +40,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from rl4lmt.utils import set_seed
+from rl4lmt.utils import model_device, set_seed
 from rl4lmt.world import ASPECTS, TinyReviews
 
 # TRL and peft import bitsandbytes, whose CPU backend warns on every import that it could not fetch an
@@ -295,13 +295,6 @@ def train(out_dir: str | os.PathLike | None = None, cfg: SFTRecipe | None = None
 # ----------------------------------------------------------------------------------------------
 # Evaluation against the world's truth
 # ----------------------------------------------------------------------------------------------
-def _model_device(model) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
-
-
 @torch.no_grad()
 def generate_responses(model, tokenizer, instructions: Sequence[str], *, temperature: float = 1.0,
                        max_new_tokens: int = 40, batch_size: int = 250, seed: int = 0) -> list[str | None]:
@@ -316,7 +309,7 @@ def generate_responses(model, tokenizer, instructions: Sequence[str], *, tempera
     from rl4lmt.utils import check_texts
 
     instructions = check_texts(instructions)
-    device = _model_device(model)
+    device = model_device(model)
     gen = torch.Generator(device=device).manual_seed(seed)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     encoded = [list(tokenizer(t)["input_ids"]) for t in instructions]
