@@ -110,9 +110,33 @@ def run_ppo(args, kl_coef: float, seconds: float, eval_every: int, label: str) -
 # ----------------------------------------------------------------------------------------------
 # TRL RLOO and GRPO (reward function = the reward model)
 # ----------------------------------------------------------------------------------------------
+def _budget_callback(task, curve: list[dict], label: str, seconds: float, eval_every: int):
+    """A TRL/transformers callback: counts training time only (evaluation excluded), appends an
+    evaluation to ``curve`` every ``eval_every`` steps and stops training after ``seconds``."""
+    from transformers import TrainerCallback
+
+    class Budget(TrainerCallback):
+        train_seconds, _last = 0.0, None
+
+        def on_step_begin(self, a, s, control, **kw):
+            self._last = time.perf_counter()
+
+        def on_step_end(self, a, s, control, **kw):
+            self.train_seconds += time.perf_counter() - self._last
+            if s.global_step % eval_every == 0:
+                curve.append({"time": self.train_seconds, "step": s.global_step,
+                              **evaluate(task.policy, task, seed=s.global_step)})
+                print(f"  {label} step {s.global_step} t={self.train_seconds:.0f}s gold={curve[-1]['gold']:.3f} "
+                      f"proxy={curve[-1]['proxy']:.3f} kl={curve[-1]['kl']:.2f}", flush=True)
+            if self.train_seconds >= seconds:
+                control.should_training_stop = True
+            return control
+
+    return Budget()
+
+
 def run_trl_online(args, kind: str, kl_coef: float, seconds: float, eval_every: int) -> dict:
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     if kind == "RLOO":
         from trl import RLOOConfig as Config
@@ -128,22 +152,7 @@ def run_trl_online(args, kind: str, kl_coef: float, seconds: float, eval_every: 
         return task.reward_fn(list(prompts), [c.strip() for c in completions])
 
     curve = [{"time": 0.0, "step": 0, **evaluate(task.policy, task)}]
-    state = {"train": 0.0, "last": None}
-
-    class Budget(TrainerCallback):
-        def on_step_begin(self, a, s, control, **kw):
-            state["last"] = time.perf_counter()
-
-        def on_step_end(self, a, s, control, **kw):
-            state["train"] += time.perf_counter() - state["last"]
-            if s.global_step % eval_every == 0:
-                curve.append({"time": state["train"], "step": s.global_step,
-                              **evaluate(task.policy, task, seed=s.global_step)})
-                print(f"  {kind} step {s.global_step} t={state['train']:.0f}s gold={curve[-1]['gold']:.3f} "
-                      f"proxy={curve[-1]['proxy']:.3f} kl={curve[-1]['kl']:.2f}", flush=True)
-            if state["train"] >= seconds:
-                control.should_training_stop = True
-            return control
+    budget = _budget_callback(task, curve, kind, seconds, eval_every)
 
     n_gen = 4
     with tempfile.TemporaryDirectory() as out:
@@ -156,17 +165,16 @@ def run_trl_online(args, kind: str, kl_coef: float, seconds: float, eval_every: 
         )
         trainer = Trainer(model=task.policy, reward_funcs=reward_model, args=config,
                           train_dataset=Dataset.from_dict({"prompt": task.prompts}),
-                          processing_class=tok, callbacks=[Budget()])
+                          processing_class=tok, callbacks=[budget])
         trainer.train()
     return {"method": f"{kind} (TRL)", "kl_coef": kl_coef, "iterations": int(curve[-1]["step"]),
-            "seconds": state["train"], "curve": curve}
+            "seconds": budget.train_seconds, "curve": curve}
 
 
 # ----------------------------------------------------------------------------------------------
 # TRL DPO on the annotators' preferences, best-of-n
 # ----------------------------------------------------------------------------------------------
 def run_dpo(args, beta: float, seconds: float, eval_every: int) -> dict:
-    from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
     from rl4lmt import reward
@@ -178,21 +186,7 @@ def run_dpo(args, beta: float, seconds: float, eval_every: int) -> dict:
     data_seconds = time.perf_counter() - t0
     data = data.select_columns(["prompt", "chosen", "rejected"])
     curve = [{"time": 0.0, "step": 0, **evaluate(task.policy, task)}]
-    state = {"train": 0.0, "last": None}
-
-    class Budget(TrainerCallback):
-        def on_step_begin(self, a, s, control, **kw):
-            state["last"] = time.perf_counter()
-
-        def on_step_end(self, a, s, control, **kw):
-            state["train"] += time.perf_counter() - state["last"]
-            if s.global_step % eval_every == 0:
-                curve.append({"time": state["train"], "step": s.global_step,
-                              **evaluate(task.policy, task, seed=s.global_step)})
-                print(f"  DPO step {s.global_step} gold={curve[-1]['gold']:.3f} kl={curve[-1]['kl']:.2f}", flush=True)
-            if state["train"] >= seconds:
-                control.should_training_stop = True
-            return control
+    budget = _budget_callback(task, curve, "DPO", seconds, eval_every)
 
     with tempfile.TemporaryDirectory() as out:
         config = DPOConfig(output_dir=out, report_to=[], use_cpu=True, save_strategy="no", logging_steps=10_000,
@@ -200,10 +194,10 @@ def run_dpo(args, beta: float, seconds: float, eval_every: int) -> dict:
                            num_train_epochs=100,
                            max_length=None, seed=0, lr_scheduler_type="constant")
         trainer = DPOTrainer(model=task.policy, ref_model=copy.deepcopy(task.ref), args=config, train_dataset=data,
-                             processing_class=task.tokenizer, callbacks=[Budget()])
+                             processing_class=task.tokenizer, callbacks=[budget])
         trainer.train()
     return {"method": "DPO (TRL)", "kl_coef": beta, "pairs": len(data), "data_seconds": data_seconds,
-            "seconds": state["train"], "curve": curve}
+            "seconds": budget.train_seconds, "curve": curve}
 
 
 @torch.no_grad()
