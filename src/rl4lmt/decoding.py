@@ -63,6 +63,14 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
+def _check_mass(name: str, value, meaning: str) -> None:
+    """A probability mass in (0, 1]: TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(value).__name__}")
+    if not (0 < value <= 1):
+        raise ValueError(f"{name} ({meaning}) must be in (0, 1], got {value}")
+
+
 def _check_input_ids(input_ids: torch.Tensor) -> None:
     if not isinstance(input_ids, torch.Tensor):
         raise TypeError(f"input_ids must be a torch.Tensor, got {type(input_ids).__name__}")
@@ -163,10 +171,7 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     Taught in chapter 2, "Top-k and top-p".
     """
     _check_logits(logits)
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise TypeError(f"p must be a float, got {type(p).__name__}")
-    if not (0 < p <= 1):
-        raise ValueError(f"p (the nucleus mass) must be in (0, 1], got {p}")
+    _check_mass("p", p, "the nucleus mass")
     sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=False)  # least likely first
     tail_mass = sorted_logits.softmax(dim=-1).cumsum(dim=-1)  # mass of this token and all below it
     drop_sorted = tail_mass <= 1 - p  # the tail we can drop and still keep >= p
@@ -193,13 +198,10 @@ def typical_filter(logits: torch.Tensor, mass: float) -> torch.Tensor:
     Returns:
         A new tensor of the same shape, ``-inf`` where a token is filtered out.
 
-    Taught in chapter 8, "Production variability".
+    Taught in chapter 2 (locally typical sampling); used in chapter 8, "Production variability".
     """
     _check_logits(logits)
-    if isinstance(mass, bool) or not isinstance(mass, (int, float)):
-        raise TypeError(f"mass must be a float, got {type(mass).__name__}")
-    if not (0 < mass <= 1):
-        raise ValueError(f"mass (the typical mass) must be in (0, 1], got {mass}")
+    _check_mass("mass", mass, "the typical mass")
     if mass == 1:
         return logits.clone()  # keep all: a float cumsum can reach 1 before the last token
     logp = logits.log_softmax(dim=-1)  # (..., V)
