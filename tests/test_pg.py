@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from lm_helpers import word_tokenizer
 
 import rl4lmt
 from rl4lmt import pg
@@ -355,18 +356,6 @@ def test_ppo_clip_loss_bad_input():
 # ----------------------------------------------------------------------------------------------
 # A language model as a policy (tiny random GPT-2s with a word-level tokenizer built here)
 # ----------------------------------------------------------------------------------------------
-def _word_tokenizer(words):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<eos>"] + list(words) + ["<pad>", "<unk>"])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<eos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
 def _tiny_gpt2(vocab_size, seed, n_embd=16):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -381,7 +370,7 @@ def world_lm():
     from rl4lmt.world import TinyReviews
 
     world = TinyReviews()
-    tok = _word_tokenizer(world.vocab[1:])
+    tok = word_tokenizer(world.vocab[1:])
     return world, tok, _tiny_gpt2(len(tok), seed=0, n_embd=32)
 
 
@@ -463,7 +452,7 @@ def test_reinforce_lm_step_matches_exact_gradient(reward_scale, kl_coef):
     estimate's own noise is about 0.02 here). The second case has no reward, so its whole
     gradient is the KL penalty's: a missing or sign-flipped KL term gives an error of 1 or 2.
     """
-    tok = _word_tokenizer(["a", "b"])
+    tok = word_tokenizer(["a", "b"])
     V = len(tok)  # <eos>, a, b, <pad>, <unk>: a random model can emit every one of them
     policy = _tiny_gpt2(V, seed=3, n_embd=8)
     ref = _tiny_gpt2(V, seed=4, n_embd=8)
@@ -558,7 +547,7 @@ def test_rollouts_ignore_a_polluted_generation_config():
     """
     from scipy import stats
 
-    tok = _word_tokenizer(["a", "b"])
+    tok = word_tokenizer(["a", "b"])
     V = len(tok)  # <eos>, a, b, <pad>, <unk>
     model = _tiny_gpt2(V, seed=5, n_embd=8)
     seqs = [(0,)] + [(x, 0) for x in range(1, V)] + [(x, y) for x in range(1, V) for y in range(1, V)]

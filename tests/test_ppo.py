@@ -18,6 +18,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from lm_helpers import word_tokenizer
 
 from rl4lmt import ppo
 from rl4lmt.pg import discounted_returns
@@ -232,7 +233,7 @@ def test_dpo_loss_matches_trl_dpo_trainer(tmp_path):
 
     from rl4lmt.lm import shifted_logprobs
 
-    tok = _word_tokenizer(["a", "b", "c", "d"])
+    tok = word_tokenizer(["a", "b", "c", "d"])
     model, ref = _tiny_gpt2(len(tok), seed=0), _tiny_gpt2(len(tok), seed=1)
     ds = Dataset.from_list([
         {"prompt": "a b", "chosen": " c d", "rejected": " d"},
@@ -273,18 +274,6 @@ def test_adaptive_kl_controller_moves_beta_toward_the_target():
 # ----------------------------------------------------------------------------------------------
 # tiny LMs, the critic, rollouts
 # ----------------------------------------------------------------------------------------------
-def _word_tokenizer(words):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(["<eos>"] + list(words) + ["<pad>", "<unk>"])}
-    tk = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tk.post_processor = processors.TemplateProcessing(single="<eos> $A", special_tokens=[("<eos>", 0)])
-    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<eos>", eos_token="<eos>",
-                                   pad_token="<pad>", unk_token="<unk>")
-
-
 def _tiny_gpt2(vocab_size, seed, n_embd=16, cls=None):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -298,7 +287,7 @@ def _tiny_gpt2(vocab_size, seed, n_embd=16, cls=None):
 def test_critic_from_a_reward_model_starts_at_its_scores():
     from transformers import GPT2ForSequenceClassification
 
-    tok = _word_tokenizer(["a", "b"])
+    tok = word_tokenizer(["a", "b"])
     rm = _tiny_gpt2(len(tok), seed=2, cls=GPT2ForSequenceClassification)
     torch.nn.init.normal_(rm.score.weight)
     ids = torch.tensor([[0, 1, 2, 1], [0, 2, 2, 1]])
@@ -318,7 +307,7 @@ def test_critic_from_a_reward_model_starts_at_its_scores():
 def test_rollout_layout_and_logprobs():
     from rl4lmt.lm import shifted_logprobs
 
-    tok = _word_tokenizer(["a", "b", "c"])
+    tok = word_tokenizer(["a", "b", "c"])
     model = _tiny_gpt2(len(tok), seed=4)
     prompts = ["a", "a b", "", "c c a", "b"]
     g = torch.Generator().manual_seed(0)
@@ -383,7 +372,7 @@ def test_ppo_reaches_the_kl_regularised_optimum_on_an_enumerable_lm():
     = beta log Z - beta KL(pi || pi*), so KL(pi || pi*) = (J(pi*) - J(pi)) / beta; we compute it
     directly from the enumerated probabilities."""
     torch.set_num_threads(1)
-    tok = _word_tokenizer(["a", "b"])
+    tok = word_tokenizer(["a", "b"])
     policy = _tiny_gpt2(len(tok), seed=0)
     ref = copy.deepcopy(policy)
     words = {"a": 1.0, "b": -0.5}
@@ -423,7 +412,7 @@ def test_ppo_reaches_the_kl_regularised_optimum_on_an_enumerable_lm():
 
 
 def test_train_ppo_callback_stops_and_adaptive_beta_moves():
-    tok = _word_tokenizer(["a", "b"])
+    tok = word_tokenizer(["a", "b"])
     policy = _tiny_gpt2(len(tok), seed=5)
     ref = copy.deepcopy(policy)
     seen = []

@@ -91,6 +91,7 @@ def test_environment_yml_mirrors_pyproject_and_constraints():
 def _imported_distributions(paths) -> dict[str, set[str]]:
     """{distribution: files} for every third-party module imported (anywhere, lazily too) in ``paths``."""
     owners = importlib.metadata.packages_distributions()
+    local = {"rl4lmt", "__future__"} | {p.stem for p in (ROOT / "tests").glob("*.py")}  # ours, not distributions
     found: dict[str, set[str]] = {}
     for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
@@ -102,7 +103,7 @@ def _imported_distributions(paths) -> dict[str, set[str]]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top in sys.stdlib_module_names or top in ("rl4lmt", "conftest", "__future__"):
+                if top in sys.stdlib_module_names or top in local:
                     continue
                 dists = owners.get(top) or [f"<no installed distribution provides {top!r}>"]
                 for dist in dists:
