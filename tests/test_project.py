@@ -192,3 +192,23 @@ def test_module_lists_name_modules_that_exist():
     missing = sorted(m for m in named if not ((package / f"{m}.py").is_file() or (package / m).is_dir()))
     assert not missing, f"named as rl4lmt modules but missing from src/rl4lmt: {missing}"
     assert len(named) >= 10, named
+
+
+def test_notebook_times_merges_rows_instead_of_overwriting(tmp_path):
+    """`notebook_times.py --only chapters ch05` must not drop the other notebooks' measurements."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("notebook_times", ROOT / "benchmarks" / "notebook_times.py")
+    nt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nt)
+    path = tmp_path / "times.json"
+    row = lambda kind, name, s: {"kind": kind, "name": name, "seconds": s}  # noqa: E731
+    nt.save([row("chapter", "ch00", 1.0), row("solution", "ch00", 2.0)], path)
+    nt.save([row("chapter", "ch05", 3.0), row("chapter", "ch00", 4.0)], path)
+    import json
+
+    got = {(r["kind"], r["name"]): r["seconds"] for r in json.loads(path.read_text())["results"]}
+    assert got == {("chapter", "ch00"): 4.0, ("solution", "ch00"): 2.0, ("chapter", "ch05"): 3.0}
+    path.write_text("not json")  # a damaged file is replaced, not fatal
+    nt.save([row("chapter", "ch01", 5.0)], path)
+    assert [r["name"] for r in json.loads(path.read_text())["results"]] == ["ch01"]
