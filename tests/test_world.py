@@ -301,3 +301,91 @@ def test_preferences_follow_bradley_terry_noise_and_length_bias():
         assert W.is_grammatical(d["prompt"] + d["chosen"]) and W.is_grammatical(d["prompt"] + d["rejected"])
     with pytest.raises(ValueError, match="noise"):
         W.preferences(2, noise=0.9)
+
+
+# ---------------------------------------------------------------- posteriors after a prefix (process labels)
+PREFIX_CASES = [
+    ("write a positive review about the acting :", "the acting was not very good , but the plot was gripping ."),
+    ("write a very negative review about the plot :", "sadly , the plot was truly awful . avoid it"),
+    ("write a negative review about the music :", "i did not like the music , but the ending was"),
+    ("write a very positive review about the film :", "honestly , the film was"),
+]
+
+
+def test_prefix_instruction_scores_end_in_instruction_score_and_start_at_the_prior():
+    pairs = W.instructions(40, seed=5) + [(x, y) for x, y in PREFIX_CASES if W.is_grammatical(y)]
+    for instruction, response in pairs:
+        for x in (instruction, instruction.replace("positive", "negative")):
+            steps = W.prefix_instruction_scores(x, response)
+            assert steps.shape == (len(response.split()) + 2,)
+            assert steps[-1] == pytest.approx(W.instruction_score(x, response), abs=1e-12)
+            # the prior p(S_req) p(topic): sentiment prior (0.3, 0.2, 0.2, 0.3), 20 aspects
+            prior = (0.3 if "very" in x else 0.5) / 20
+            assert steps[0] == pytest.approx(prior, abs=1e-12)
+            assert W.prefix_instruction_score(x, "") == pytest.approx(prior, abs=1e-12)
+            assert np.all((steps >= 0) & (steps <= 1))
+    assert W.prefix_sentiment_posterior("") == pytest.approx(dict(zip(SENTIMENTS, (0.3, 0.2, 0.2, 0.3))))
+
+
+def test_prefix_posteriors_are_martingales_one_word_ahead():
+    """posterior(prefix) = sum_w p(w | prefix) posterior(prefix w), the end event scored by the
+    complete-text posteriors (sentiment_posterior, instruction_score): exact, for every next word."""
+    for instruction, response in PREFIX_CASES:
+        words = response.split()
+        for t in (0, 2, len(words) - 1, len(words)):
+            prefix = " ".join(words[:t])
+            nxt = W.next_word_probs(prefix)
+            expect_x, expect_s = 0.0, np.zeros(4)
+            for w, p in nxt.items():
+                if w == EOS:
+                    expect_x += p * W.instruction_score(instruction, prefix)
+                    expect_s += p * np.array([W.sentiment_posterior(prefix)[v] for v in SENTIMENTS])
+                else:
+                    expect_x += p * W.prefix_instruction_score(instruction, f"{prefix} {w}")
+                    expect_s += p * np.array([W.prefix_sentiment_posterior(f"{prefix} {w}")[v] for v in SENTIMENTS])
+            assert W.prefix_instruction_score(instruction, prefix) == pytest.approx(expect_x, abs=1e-10)
+            got = W.prefix_sentiment_posterior(prefix)
+            assert np.allclose([got[v] for v in SENTIMENTS], expect_s, atol=1e-10)
+
+
+def _completions(prefix: str, depth: int):
+    """Every completion of ``prefix`` with its exact probability (brute force over next words)."""
+    for w, p in W.next_word_probs(prefix).items():
+        if w == EOS:
+            yield prefix, p
+        else:
+            assert depth > 0, "the enumeration is too deep for this prefix"
+            for text, q in _completions(f"{prefix} {w}", depth - 1):
+                yield text, p * q
+
+
+def test_prefix_instruction_score_equals_brute_force_over_completions():
+    instruction = "write a very positive review about the acting :"
+    for prefix in ("the acting was truly amazing .", "i hated the acting , but the plot was clever .",
+                   "the acting was good ."):
+        completions = list(_completions(prefix, depth=6))
+        assert sum(p for _, p in completions) == pytest.approx(1.0, abs=1e-12)
+        expect = sum(p * W.instruction_score(instruction, text) for text, p in completions)
+        assert W.prefix_instruction_score(instruction, prefix) == pytest.approx(expect, abs=1e-12)
+
+
+def test_prefix_instruction_score_is_the_mean_final_score_of_sampled_completions():
+    for instruction, response in PREFIX_CASES:
+        words = response.split()
+        prefix = " ".join(words[: len(words) // 2])
+        finals = np.array([W.instruction_score(instruction, y) for y in W.complete(prefix, 500, seed=7)])
+        se = finals.std(ddof=1) / math.sqrt(len(finals))
+        exact = W.prefix_instruction_score(instruction, prefix)
+        assert abs(finals.mean() - exact) < 4 * se + 1e-9, (prefix, finals.mean(), exact, se)
+
+
+def test_prefix_posteriors_of_impossible_prefixes_and_bad_input():
+    steps = W.prefix_instruction_scores("write a positive review about the acting :", "the acting was was good .")
+    assert steps[3] > 0 and np.all(steps[4:] == 0.0)
+    assert W.prefix_sentiment_posterior("was was") == {}
+    with pytest.raises(TypeError, match="response"):
+        W.prefix_instruction_scores("write a positive review about the acting :", None)
+    with pytest.raises(TypeError, match="prefix"):
+        W.prefix_sentiment_posterior(3)
+    with pytest.raises(ValueError, match="instruction"):
+        W.prefix_instruction_score("write something", "the")

@@ -454,18 +454,10 @@ def world_positive_probability(world, prefix: str) -> float:
 
     Taught in chapter 8, "Sequence-level calibration".
     """
-    from rl4lmt.world import _SENT_PRIOR, SENTIMENTS, _start_distribution
-
-    if not isinstance(prefix, str):
-        raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
-    tokens = prefix.split()
-    lp_all = world._forward(tokens, _start_distribution())[1]
-    if not math.isfinite(lp_all):
+    post = world.prefix_sentiment_posterior(prefix)  # {} when the prefix is impossible
+    if not post:
         raise ValueError(f"prefix {prefix!r} has probability 0 in the world")
-    positive = {i for i, s in enumerate(SENTIMENTS) if s > 0}
-    lp_pos = world._forward(tokens, _start_distribution(positive))[1]
-    prior = sum(_SENT_PRIOR[i] for i in positive)
-    return 0.0 if not math.isfinite(lp_pos) else float(min(1.0, prior * math.exp(lp_pos - lp_all)))
+    return float(min(1.0, sum(p for s, p in post.items() if s > 0)))
 
 
 def model_positive_probability(model, tokenizer, world, prefixes: Sequence[str], n_samples: int = 32,

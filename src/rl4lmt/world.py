@@ -508,6 +508,72 @@ class TinyReviews:
         post, _ = self._end_alpha(self._tokens(text), _start_distribution())
         return {SENTIMENTS[s]: post.get(s, 0.0) for s in range(len(SENTIMENTS))} if post else {}
 
+    # ------------------------------------------------------------------ posteriors after a prefix
+    def _prefix_posteriors(self, tokens, sents, topics, ended: bool) -> list[float]:
+        """``p(s in sents, topic in topics | w_1..w_t)`` for t = 0..T, and after the end event when ``ended``.
+
+        Bayes' rule with two forward passes run side by side, one from the full start distribution
+        and one from the start restricted to the latents: ``prior * p(w_1..w_t | latents) /
+        p(w_1..w_t)``. 0 from the first impossible word on (no posterior; the world would not
+        have written it, so no latent is "on track").
+        """
+        prior = sum(_SENT_PRIOR[s] for s in sents) * (1.0 if topics is None else len(topics) / len(ASPECTS))
+        a_all, a_req = _start_distribution(), _start_distribution(sents, topics)
+        lz_all = lz_req = 0.0
+        out = [float(prior)]
+        events = list(tokens) + ([EOS] if ended else [])
+        for w in events:
+            if w == EOS:  # the end event: p(<eos> | state), summed over the belief
+                z_all = sum(p * pe for q, p in a_all.items() for _, pe in _arcs_by_word(q).get(EOS, ()))
+                z_req = sum(p * pe for q, p in a_req.items() for _, pe in _arcs_by_word(q).get(EOS, ()))
+                lz_all += math.log(z_all) if z_all > 0 else -math.inf
+                lz_req += math.log(z_req) if z_req > 0 else -math.inf
+                a_all = a_req = {}
+            else:
+                a_all, z_all = self._forward([w], a_all) if a_all else ({}, -math.inf)
+                a_req, z_req = self._forward([w], a_req) if a_req else ({}, -math.inf)
+                lz_all, lz_req = lz_all + z_all, lz_req + z_req
+            if not (math.isfinite(lz_all) and math.isfinite(lz_req)):
+                out.append(0.0)
+                lz_all = lz_req = -math.inf
+            else:
+                out.append(float(min(1.0, prior * math.exp(lz_req - lz_all))))
+        return out
+
+    def prefix_sentiment_posterior(self, prefix: str) -> dict[float, float]:
+        """``p(s | w_1..w_t)``: the latent sentiment's posterior after only a *prefix* of a review.
+
+        The review may go on, so this is the average of the final posterior over the world's
+        continuations, ``E[p(s | x) | x starts with prefix]`` (a martingale in t). The empty prefix
+        gives the prior; ``sentiment_posterior(text)`` is the same after the end of the review.
+        Empty dict for a prefix the world cannot produce.
+        """
+        tokens = self._tokens(prefix, "prefix")
+        post = {v: self._prefix_posteriors(tokens, {s}, None, ended=False)[-1] for s, v in enumerate(SENTIMENTS)}
+        return post if math.isfinite(self.prefix_logprob(prefix)) else {}
+
+    def prefix_instruction_scores(self, instruction: str, response: str, *, ended: bool = True) -> np.ndarray:
+        """The gold posterior that ``response`` is on track, after each of its prefixes.
+
+        Entry ``t`` is ``p(s in S_req, topic = a_req | w_1..w_t)`` (``t = 0``: the prior, before any
+        word); with ``ended`` one more entry conditions on the end of the review too, and equals
+        ``instruction_score(instruction, response)``. These are the per-step labels of a process
+        reward (Lightman et al., 2023): the chance, given the words so far, that the finished
+        response does what was asked, i.e. the expected final score over the world's continuations.
+        Entries are 0 from the first word the world cannot produce. float64 array ``(T + 1 + ended,)``.
+        """
+        sents, topics = self._parse_instruction(instruction)
+        tokens = self._tokens(response, "response")
+        return np.array(self._prefix_posteriors(tokens, sents, topics, bool(ended)))
+
+    def prefix_instruction_score(self, instruction: str, prefix: str) -> float:
+        """``p(s in S_req, topic = a_req | w_1..w_t)`` after a prefix of a response (the review may go on).
+
+        The last entry of :meth:`prefix_instruction_scores` with ``ended=False``; 0 for a prefix the
+        world cannot produce.
+        """
+        return float(self.prefix_instruction_scores(instruction, prefix, ended=False)[-1])
+
     # ------------------------------------------------------------------ sampling
     def _walk(self, alpha: dict, rng: np.random.Generator, max_len: int = 200) -> list[str]:
         """Sample the rest of a review from the normalised state distribution ``alpha``."""
