@@ -334,3 +334,91 @@ def test_shipped_reward_model_loads_and_is_near_the_ceiling(world):
     # it inherited the annotators' taste for length: its score rises with the number of words
     lengths = np.array(list(data["len_chosen"]) + list(data["len_rejected"]))
     assert np.corrcoef(lengths, np.concatenate([rc.numpy(), rr.numpy()]))[0, 1] > 0.2
+
+
+# ----------------------------------------------------------------------------------------------
+# outcome and process supervision
+# ----------------------------------------------------------------------------------------------
+def test_step_label_loss_equals_torch_bce_and_a_hand_computation():
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(3, 5, generator=g, dtype=torch.float64)
+    labels = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    mask = torch.tensor([[0, 1, 1, 1, 1], [0, 1, 1, 0, 0], [1, 1, 1, 1, 0]], dtype=torch.bool)
+    got = reward.step_label_loss(logits, labels, mask)
+    lib = F.binary_cross_entropy_with_logits(logits[mask], labels[mask])
+    assert got.item() == pytest.approx(lib.item(), abs=1e-12)
+    by_hand = [-(y * math.log(1 / (1 + math.exp(-z))) + (1 - y) * math.log(1 - 1 / (1 + math.exp(-z))))
+               for z, y, m in zip(logits.flatten().tolist(), labels.flatten().tolist(), mask.flatten().tolist()) if m]
+    assert got.item() == pytest.approx(sum(by_hand) / len(by_hand), abs=1e-12)
+    # the gradient of the mean BCE is (sigma(z) - y) / |M| at labelled steps, 0 elsewhere
+    z = logits.clone().requires_grad_(True)
+    reward.step_label_loss(z, labels, mask).backward()
+    assert torch.allclose(z.grad, torch.where(mask, (torch.sigmoid(logits) - labels) / mask.sum(), 0.0))
+    # float32 and huge logits stay finite; unmasked positions do not matter
+    big = torch.tensor([[300.0, -300.0, float("nan")]])
+    out = reward.step_label_loss(big, torch.tensor([[0.0, 1.0, 0.5]]), torch.tensor([[True, True, False]]))
+    assert out.item() == pytest.approx(300.0)
+    with pytest.raises(ValueError, match="label_mask"):
+        reward.step_label_loss(logits, labels, torch.zeros_like(mask))
+    with pytest.raises(ValueError, match="labels"):
+        reward.step_label_loss(logits, labels[:, :2], mask)
+
+
+def test_aggregate_steps():
+    probs = [np.array([0.9, 0.2, 0.8]), np.array([0.5]), [0.6, 0.7]]
+    assert np.allclose(reward.aggregate_steps(probs, "min"), [0.2, 0.5, 0.6])
+    assert np.allclose(reward.aggregate_steps(probs, "last"), [0.8, 0.5, 0.7])
+    assert np.allclose(np.exp(reward.aggregate_steps(probs, "product")), [0.9 * 0.2 * 0.8, 0.5, 0.6 * 0.7])
+    # product ranks a short confident response above a long one with the same steps plus one more
+    assert reward.aggregate_steps([[0.9, 0.9], [0.9, 0.9, 0.9]], "product").argmax() == 0
+    with pytest.raises(ValueError, match="how"):
+        reward.aggregate_steps(probs, "mean")
+    with pytest.raises(ValueError, match="step_probs"):
+        reward.aggregate_steps([np.array([])], "min")
+
+
+def test_step_label_batch_puts_the_worlds_posteriors_at_the_right_tokens(world):
+    _, tok = zoo.load("tiny-reviews", device="cpu")
+    xs = ["write a positive review about the acting :", "write a very negative review about the music :"]
+    ys = ["the acting was not very good , but the plot was gripping .", "i hated the music . avoid it"]
+    batch = reward.step_label_batch(tok, world, xs, ys)
+    for i, (x, y) in enumerate(zip(xs, ys)):
+        m = batch["label_mask"][i]
+        assert tok.convert_ids_to_tokens(batch["input_ids"][i][m]) == [":"] + y.split() + [tok.eos_token]
+        v = batch["labels"][i][m].double().numpy()
+        words = y.split()
+        for t in range(len(words) + 1):  # the label after t words is the posterior given those words
+            assert v[t] == pytest.approx(world.prefix_instruction_score(x, " ".join(words[:t])), abs=1e-6)
+        assert v[-1] == pytest.approx(world.instruction_score(x, y), abs=1e-6)
+    outcome = reward.step_label_batch(tok, world, xs, ys, outcome_only=True)
+    assert outcome["label_mask"].sum(1).tolist() == [1, 1]
+    last = batch["attention_mask"].sum(1) - 1
+    assert outcome["label_mask"][torch.arange(2), last].all()
+    assert torch.equal(outcome["labels"][torch.arange(2), last], batch["labels"][torch.arange(2), last])
+    with pytest.raises(ValueError, match="instructions and responses"):
+        reward.step_label_batch(tok, world, xs, ys[:1])
+
+
+def test_a_tiny_step_model_learns_the_per_prefix_posterior(world):
+    from transformers import GPT2Config, GPT2ForTokenClassification
+
+    torch.set_num_threads(1)
+    _, tok = zoo.load("tiny-reviews", device="cpu")
+    pairs = world.instructions(6, seed=11)
+    xs, ys = [x for x, _ in pairs], [y for _, y in pairs]
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2, num_labels=1,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, classifier_dropout=0.0)
+    model = GPT2ForTokenClassification(cfg)
+    batch = reward.step_label_batch(tok, world, xs, ys)
+    target = [reward.process_labels(world, x, y)[1:] for x, y in zip(xs, ys)]  # the response's T + 1 steps
+    err = lambda: np.mean(np.concatenate([np.abs(p - v) for p, v in  # noqa: E731
+                                          zip(reward.step_scores(model, tok, xs, ys), target)]))
+    before = err()
+    losses = reward.train_step_model(model, batch, steps=250, batch_size=6, lr=3e-3, seed=0, progress=False)
+    assert before > 0.2 and err() < 0.03, (before, err())
+    assert losses[-1] < losses[0]
+    # one score per response word, and one at the EOS
+    assert all(len(p) == len(y.split()) + 1 for p, y in zip(reward.step_scores(model, tok, xs, ys), ys))

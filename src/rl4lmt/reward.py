@@ -715,6 +715,204 @@ def recipe_data(cfg: RewardModelConfig):
     return train_data, eval_data
 
 
+# ----------------------------------------------------------------------------------------------
+# 7. Outcome and process supervision (Lightman et al., 2023)
+# ----------------------------------------------------------------------------------------------
+# A *process* reward model scores every step of a response, not just the finished one. Lightman
+# et al. label each step of a solution by hand; the world labels every prefix exactly: the gold
+# posterior that the response will do what was asked, given the words so far
+# (TinyReviews.prefix_instruction_scores, a martingale whose last value is the outcome's gold).
+# A step is one word, which is one token of the course's word-level tokenizer: the posterior
+# moves at single words ("not", ", but", the aspect's noun), and one label per token needs no
+# step separator. No TRL release ships a process-reward trainer any more (TRL 1.16 has none), so
+# the loop is written out here; its loss is checked against torch's BCE in tests/test_reward.py.
+__all__ += [
+    "process_labels", "step_label_batch", "step_label_loss", "step_model_from_lm", "step_scores",
+    "aggregate_steps", "train_step_model",
+]
+
+
+def process_labels(world: TinyReviews, instruction: str, response: str) -> np.ndarray:
+    """Per-step gold labels of a response: :math:`v^*_t = P(s \\in S_x, a = a_x \\mid y_{1:t})`.
+
+    ``T + 2`` values: before the first word (the prior, read at the instruction's last token),
+    after each of the ``T`` words, and after the end of the response (equal to
+    :func:`gold_utility`). The outcome label is the last one only.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    return world.prefix_instruction_scores(instruction, response, ended=True)
+
+
+def step_label_batch(tokenizer, world: TinyReviews, instructions, responses, *, outcome_only: bool = False) -> dict:
+    """A right-padded batch ``<bos> x y <eos>`` with a gold label at every step position.
+
+    Returns ``input_ids``/``attention_mask`` ``(B, L)``, ``labels`` ``(B, L)`` float32 and
+    ``label_mask`` ``(B, L)`` bool: the ``T + 2`` positions from the instruction's last token to
+    the EOS carry :func:`process_labels` (position ``i`` has read the response up to its own
+    word); with ``outcome_only`` only the EOS position does (outcome supervision with the same
+    data, Lightman et al.'s fair baseline).
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from rl4lmt.utils import check_texts
+
+    instructions, responses = check_texts(instructions), check_texts(responses)
+    if len(instructions) != len(responses) or not instructions:
+        raise ValueError(f"instructions and responses must be non-empty and of one length, got "
+                         f"{len(instructions)} and {len(responses)}")
+    texts = [f"{x} {y} {tokenizer.eos_token}" for x, y in zip(instructions, responses)]
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    labels = torch.zeros(enc["input_ids"].shape)
+    label_mask = torch.zeros(enc["input_ids"].shape, dtype=torch.bool)
+    for i, (x, y) in enumerate(zip(instructions, responses)):
+        start = len(tokenizer(x)["input_ids"]) - 1  # the instruction's last token (":")
+        v = process_labels(world, x, y)
+        end = start + len(v)  # one position per word, plus the EOS
+        if end != int(enc["attention_mask"][i].sum()):
+            raise ValueError(f"response {y!r} is not one token per word under this tokenizer")
+        if outcome_only:
+            labels[i, end - 1], label_mask[i, end - 1] = float(v[-1]), True
+        else:
+            labels[i, start:end], label_mask[i, start:end] = torch.as_tensor(v, dtype=torch.float32), True
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"],
+            "labels": labels, "label_mask": label_mask}
+
+
+def step_label_loss(logits: torch.Tensor, labels: torch.Tensor, label_mask: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of per-step logits against soft labels, averaged over labelled steps.
+
+    .. math:: \\mathcal L = -\\frac{1}{|M|}\\sum_{(b,t) \\in M} v^*_{bt} \\log\\sigma(z_{bt})
+              + (1 - v^*_{bt}) \\log\\sigma(-z_{bt})
+
+    With soft labels :math:`v^* \\in [0, 1]` its minimiser is :math:`\\sigma(z) = v^*`: the head
+    learns the probability of success given the prefix (a value function). ``logsigmoid`` keeps
+    large logits finite.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    _as_scores(logits, "logits")
+    if labels.shape != logits.shape or label_mask.shape != logits.shape:
+        raise ValueError(f"labels and label_mask must have the logits' shape {tuple(logits.shape)}")
+    mask = label_mask.to(logits.device).bool()
+    if not mask.any():
+        raise ValueError("label_mask selects no step")
+    y = labels.to(logits.device, logits.dtype)
+    nll = -(y * F.logsigmoid(logits) + (1 - y) * F.logsigmoid(-logits))
+    return nll[mask].mean()
+
+
+def step_model_from_lm(name: str = POLICY, *, seed: int = 0, device=None):
+    """A per-position scalar model from a causal LM: ``(GPT2ForTokenClassification, tokenizer)``.
+
+    The transformer is the LM's (``rl4lmt.zoo`` name), the head a fresh ``Linear(d, 1)`` drawn
+    with ``seed`` (the caller's RNG is restored), no dropout before it. ``logits[b, t, 0]`` is the
+    score after reading tokens ``1..t``: a process reward at every step.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from transformers import GPT2ForTokenClassification
+
+    from rl4lmt import zoo
+    from rl4lmt.utils import get_device
+
+    lm, tokenizer = zoo.load(name, device="cpu")
+    config = lm.config
+    config.num_labels = 1
+    config.classifier_dropout = 0.0
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = GPT2ForTokenClassification(config)
+    finally:
+        torch.random.set_rng_state(gen_state)
+    model.transformer.load_state_dict(lm.transformer.state_dict())
+    device = get_device() if device is None else torch.device(device)
+    return model.to(device).eval(), tokenizer
+
+
+@torch.no_grad()
+def step_scores(model, tokenizer, instructions, responses, *, batch_size: int = 256) -> list[np.ndarray]:
+    """A step model's :math:`\\sigma(z_t)` at the ``T + 1`` response steps (each word, then the EOS).
+
+    Returns one float64 array per response; its last entry is the model's outcome prediction.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from rl4lmt.utils import check_texts
+
+    instructions, responses = check_texts(instructions), check_texts(responses)
+    if len(instructions) != len(responses):
+        raise ValueError(f"instructions and responses must have one length, got {len(instructions)} "
+                         f"and {len(responses)}")
+    device = model_device(model)
+    out = []
+    for i in range(0, len(responses), batch_size):
+        xs, ys = instructions[i:i + batch_size], responses[i:i + batch_size]
+        enc = tokenizer([f"{x} {y} {tokenizer.eos_token}" for x, y in zip(xs, ys)], padding=True, return_tensors="pt")
+        p = torch.sigmoid(model(input_ids=enc["input_ids"].to(device),
+                                attention_mask=enc["attention_mask"].to(device)).logits[..., 0].double()).cpu()
+        for row, x, am in zip(p, xs, enc["attention_mask"]):
+            first = len(tokenizer(x)["input_ids"])  # the response's first word
+            out.append(row[first:int(am.sum())].numpy())
+    return out
+
+
+def aggregate_steps(step_probs, how: str = "min") -> np.ndarray:
+    """One score per response from its per-step probabilities, as Lightman et al. compare them.
+
+    ``"min"``: the weakest step; ``"product"``: :math:`\\sum_t \\log p_t` (the log of the
+    probability that every step is right, if steps failed independently); ``"last"``: the
+    prediction after the whole response (an outcome score read from the process model).
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    if how not in ("min", "product", "last"):
+        raise ValueError(f"how must be 'min', 'product' or 'last', got {how!r}")
+    rows = [np.asarray(p, np.float64) for p in step_probs]
+    if not rows or any(r.ndim != 1 or r.size == 0 for r in rows):
+        raise ValueError("step_probs must be a non-empty list of non-empty 1-D arrays")
+    if how == "min":
+        return np.array([r.min() for r in rows])
+    if how == "last":
+        return np.array([r[-1] for r in rows])
+    with np.errstate(divide="ignore"):
+        return np.array([np.log(r).sum() for r in rows])
+
+
+def train_step_model(model, batch: dict, *, steps: int = 300, batch_size: int = 32, lr: float = 1e-3,
+                     seed: int = 0, progress: bool = True) -> list[float]:
+    """Fit a step model to labelled steps (:func:`step_label_batch`) with Adam on :func:`step_label_loss`.
+
+    Each step draws ``batch_size`` rows of ``batch`` (``seed``-ed), trims the common padding,
+    and takes one optimiser step. ``model`` is trained in place; returns the per-step losses.
+    The same loop trains an outcome model when the batch was built with ``outcome_only=True``.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from tqdm.auto import tqdm
+
+    device = model_device(model)
+    rng = np.random.default_rng(seed)
+    n = batch["input_ids"].shape[0]
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.train()
+    losses = []
+    for _ in tqdm(range(steps), disable=not progress, desc="step labels", mininterval=1.0):
+        idx = torch.as_tensor(rng.integers(0, n, batch_size))
+        am = batch["attention_mask"][idx]
+        width = int(am.sum(1).max())  # right padding: drop the columns no row uses
+        logits = model(input_ids=batch["input_ids"][idx, :width].to(device),
+                       attention_mask=am[:, :width].to(device)).logits[..., 0]
+        loss = step_label_loss(logits, batch["labels"][idx, :width], batch["label_mask"][idx, :width])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
 def _main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rl4lmt.reward", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
