@@ -5,9 +5,21 @@ the task's test cell (visible and hidden tests), and checks the verdict. The gen
 checks (solution full marks, release scores nothing, no leaks) live in tests/test_grading.py; this
 file is about *which* mistakes the hidden tests catch (the brief's list: forgetting to reverse the
 return accumulation, a baseline that leaks gradient, a sign error, a missing stop-gradient on the
-advantage).
+advantage; for PPO's clipped loss: max for min, the advantage clipped instead of the ratio, the ratio
+inverted or computed as a quotient of probabilities that underflow, the sign, the mask, gradients
+through the wrong inputs, a hard-coded epsilon, wrong diagnostics).
 """
 from rl4lmt.grading.mutants import MutationSuite
+
+
+def _ppo(ratio="(logprobs - old).exp()", obj="torch.min(r * A, r.clamp(1 - clip_eps, 1 + clip_eps) * A)",
+         loss="-(obj * w).sum() / w.sum()", old="old_logprobs.detach()", adv="advantages.detach()",
+         kl="float(((r - 1 - torch.log(r)) * w).sum() / w.sum())",
+         cf="float((((r - 1).abs() > clip_eps).float() * w).sum() / w.sum())", ret="loss, {'approx_kl': kl, 'clipfrac': cf}"):
+    """A ppo_clip_loss body with one piece swapped (the defaults make a correct one)."""
+    return (f"old = {old}; A = {adv}\n    w = torch.ones_like(logprobs) if mask is None else mask\n    r = {ratio}\n"
+            f"    obj = {obj}\n    loss = {loss}\n    kl = {kl}\n    cf = {cf}\n    return {ret}")
+
 
 WRONG = {  # task -> {mistake: body}; each must fail the task's tests
     "returns_to_go": {
@@ -70,6 +82,27 @@ WRONG = {  # task -> {mistake: body}; each must fail the task's tests
         "KL never subtracted":
             "seq = (logprobs * response_mask).sum(-1)\n    G = rewards\n    A = (G - (G.sum() - G) / (G.shape[0] - 1)).detach()\n    return -(A * seq).mean()",
     },
+    "ppo_clip_loss": {
+        "max instead of min": _ppo(obj="torch.max(r * A, r.clamp(1 - clip_eps, 1 + clip_eps) * A)"),
+        "advantage clipped instead of the ratio": _ppo(obj="torch.min(r * A, r * A.clamp(1 - clip_eps, 1 + clip_eps))"),
+        "ratio inverted (old / new)": _ppo(ratio="(old - logprobs).exp()"),
+        "ratio as a quotient of probabilities (0 / 0 at -1000 nats)": _ppo(ratio="logprobs.exp() / old.exp()"),
+        "returns the objective, not the loss (sign)": _ppo(loss="(obj * w).sum() / w.sum()"),
+        "mask ignored": _ppo(loss="-obj.mean()"),
+        "mean over padding too (divides by every entry)": _ppo(loss="-(obj * w).mean()"),
+        "no gradient through logprobs": _ppo(ratio="(logprobs.detach() - old).exp()"),
+        "gradient through old_logprobs": _ppo(old="old_logprobs"),
+        "gradient through the advantages": _ppo(adv="advantages"),
+        "clip_eps hard-coded to 0.2": _ppo(obj="torch.min(r * A, r.clamp(0.8, 1.2) * A)"),
+        "clipped term only (no min)": _ppo(obj="r.clamp(1 - clip_eps, 1 + clip_eps) * A"),
+        "no clipping at all (TRPO's L^CPI)": _ppo(obj="r * A"),
+        "approx_kl as the mean of -log r": _ppo(kl="float((-torch.log(r) * w).sum() / w.sum())"),
+        "clipfrac counts padding": _ppo(cf="float(((r - 1).abs() > clip_eps).float().mean())"),
+        "clipfrac with the clipped share of the loss's terms instead of the ratios": _ppo(
+            cf="float(((r.clamp(1 - clip_eps, 1 + clip_eps) * A < r * A).float() * w).sum() / w.sum())"),
+        "info values are tensors": _ppo(kl="((r - 1 - torch.log(r)) * w).sum() / w.sum()"),
+        "returns only the loss": _ppo(ret="loss"),
+    },
 }
 
 RIGHT = {  # task -> {another correct way: body}; each must pass
@@ -93,6 +126,26 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
                                         "        G = torch.stack([rewards[i] - kl_coef * ((logprobs[i] - ref_logprobs[i]) * response_mask[i]).sum() for i in range(B)])\n"
                                         "    loss = 0.0\n    for i in range(B):\n        b = (G.sum() - G[i]) / (B - 1)\n"
                                         "        loss = loss - (G[i] - b) * (logprobs[i] * response_mask[i]).sum()\n    return loss / B",
+    },
+    "ppo_clip_loss": {
+        "the same body as the table's mistakes, unswapped": _ppo(),
+        "CleanRL's max of negated surrogates, masked by indexing":
+            "ratio = torch.exp(logprobs - old_logprobs.detach())\n    adv = advantages.detach()\n"
+            "    keep = torch.ones_like(logprobs, dtype=torch.bool) if mask is None else mask > 0\n"
+            "    per_entry = torch.max(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_eps, 1 + clip_eps))\n"
+            "    r = ratio.detach()[keep]\n"
+            "    return per_entry[keep].mean(), {'approx_kl': (r - 1 - r.log()).mean().item(),\n"
+            "                                    'clipfrac': ((r - 1).abs() > clip_eps).float().mean().item()}",
+        "a loop over entries with Spinning Up's g(eps, A)":
+            "import math\n    old = old_logprobs.detach().reshape(-1).tolist()\n    adv = advantages.detach().reshape(-1).tolist()\n"
+            "    keep = [1.0] * len(old) if mask is None else mask.reshape(-1).tolist()\n    new = logprobs.reshape(-1)\n"
+            "    terms, kl, clipped = [], 0.0, 0\n    for i, (o, a, m) in enumerate(zip(old, adv, keep)):\n"
+            "        if m == 0:\n            continue\n        r = torch.exp(new[i] - o)\n"
+            "        g = (1 + clip_eps) * a if a >= 0 else (1 - clip_eps) * a\n"
+            "        terms.append(torch.minimum(r * a, torch.tensor(g, dtype=r.dtype)))\n"
+            "        kl += r.item() - 1 - math.log(r.item())\n        clipped += abs(r.item() - 1) > clip_eps\n"
+            "    return -torch.stack(terms).mean(), {'approx_kl': kl / len(terms), 'clipfrac': clipped / len(terms)}",
+        "the course package": "return pg.ppo_clip_loss(logprobs, old_logprobs, advantages, clip_eps=clip_eps, mask=mask)",
     },
 }
 
