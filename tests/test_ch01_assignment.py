@@ -8,8 +8,20 @@ tests/test_grading.py; this file is about *which* mistakes the hidden tests catc
 """
 from rl4lmt.grading.mutants import MutationSuite
 
-# task -> the solution cells it needs before its own (task 6 builds on tasks 4 and 5)
-NEEDS = {"causal_self_attention": ["causal_mask", "attention"]}
+# task -> the solution cells it needs before its own (tasks 6 and 7 build on tasks 4 and 5)
+NEEDS = {"causal_self_attention": ["causal_mask", "attention"], "multi_head_self_attention": ["causal_mask", "attention"]}
+
+
+def _mha(head="B, T, C = x.shape; d = C // n_heads", qkv="x @ w_qkv + (b_qkv if b_qkv is not None else 0)",
+         split="t.view(B, T, n_heads, d).transpose(1, 2)", causal="torch.ones(T, T, dtype=torch.bool).tril()",
+         combine="m & attn_mask", scale="math.sqrt(d)", softmax="s.softmax(-1)", merge="y.transpose(1, 2).reshape(B, T, C)",
+         out="z @ w_out + (b_out if b_out is not None else 0)"):
+    """A multi_head_self_attention body with one piece swapped (the defaults make a correct one)."""
+    return (f"{head}\n    qkv = {qkv}\n    q, k, v = ({split} for t in qkv.split(C, -1))\n"
+            f"    m = {causal}\n    if attn_mask is not None: m = {combine}\n"
+            f"    s = (q @ k.transpose(-2, -1) / {scale}).masked_fill(~m, float('-inf'))\n"
+            f"    y = {softmax} @ v\n    z = {merge}\n    return {out}")
+
 
 WRONG = {  # task -> {mistake: body}; each must fail the task's tests
     "surprisal": {
@@ -61,6 +73,39 @@ WRONG = {  # task -> {mistake: body}; each must fail the task's tests
         "sine and cosine swapped": "t = torch.arange(n_positions)[:, None].float(); w = 10000 ** (-torch.arange(0, dim, 2).float() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.cos(t * w); pe[:, 1::2] = torch.sin(t * w); return pe",
         "positions counted from 1": "t = torch.arange(1, n_positions + 1)[:, None].float(); w = 10000 ** (-torch.arange(0, dim, 2).float() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.sin(t * w); pe[:, 1::2] = torch.cos(t * w); return pe",
     },
+    "multi_head_self_attention": {
+        "heads split by reshape without the transpose (mixes positions and heads)":
+            _mha(split="t.reshape(B, n_heads, T, d)", merge="y.reshape(B, T, C)"),
+        "scaled by sqrt(C), not sqrt(d_head)": _mha(scale="math.sqrt(C)"),
+        "no causal mask": _mha(causal="torch.ones(T, T, dtype=torch.bool)"),
+        "causal mask off by one (diagonal hidden)": _mha(causal="torch.ones(T, T, dtype=torch.bool).tril(-1)"),
+        "causal mask off by one (next token visible)": _mha(causal="torch.ones(T, T, dtype=torch.bool).tril(1)"),
+        "softmax over the queries": _mha(softmax="s.softmax(-2)"),
+        "heads merged without the transpose back": _mha(merge="y.reshape(B, T, C)"),
+        "heads concatenated feature-major (d_head, heads)": _mha(merge="y.permute(0, 2, 3, 1).reshape(B, T, C)"),
+        "Q, K, V interleaved per head (another library's layout)":
+            "B, T, C = x.shape; d = C // n_heads\n    qkv = x @ w_qkv + (b_qkv if b_qkv is not None else 0)\n"
+            "    q, k, v = qkv.view(B, T, n_heads, 3 * d).transpose(1, 2).chunk(3, -1)\n"
+            "    m = causal_mask(T)\n    if attn_mask is not None: m = m & attn_mask\n"
+            "    return attention(q, k, v, m).transpose(1, 2).reshape(B, T, C) @ w_out + (b_out if b_out is not None else 0)",
+        "output projection missing": _mha(out="z"),
+        "output projection transposed": _mha(out="z @ w_out.T + (b_out if b_out is not None else 0)"),
+        "output bias left out": _mha(out="z @ w_out"),
+        "attn_mask ignored": _mha(combine="m"),
+        "biases required (None breaks)": _mha(qkv="x @ w_qkv + b_qkv", out="z @ w_out + b_out"),
+        "folds 1/sqrt(d_head) into the caller's w_qkv in place":
+            _mha(head="B, T, C = x.shape; d = C // n_heads; w_qkv[:, :2 * C] *= d ** -0.25\n"
+                      "    if b_qkv is not None: b_qkv[:2 * C] *= d ** -0.25", scale="1.0"),
+        "squeeze() on the heads' outputs (breaks with one head)":
+            _mha(merge="torch.cat(y.squeeze().unbind(-3), -1).reshape(B, T, C)"),
+        "float32 buffer for the heads (float64 comes back float32)":
+            "B, T, C = x.shape; d = C // n_heads\n    qkv = x @ w_qkv + (b_qkv if b_qkv is not None else 0)\n"
+            "    m = causal_mask(T)\n    if attn_mask is not None: m = m & attn_mask\n    z = torch.zeros(B, T, C)\n"
+            "    for h in range(n_heads):\n        sl = slice(h * d, (h + 1) * d)\n"
+            "        q, k, v = (qkv[:, None, :, i * C:(i + 1) * C][..., sl] for i in range(3))\n"
+            "        z[:, :, sl] = attention(q, k, v, m)[:, 0]\n"
+            "    return z @ w_out.to(z.dtype) + (b_out.to(z.dtype) if b_out is not None else 0)",
+    },
 }
 
 RIGHT = {  # task -> {another correct way: body}; each must pass
@@ -73,6 +118,33 @@ RIGHT = {  # task -> {another correct way: body}; each must pass
         "hand-written stable softmax": "s = torch.matmul(q, k.transpose(-1, -2)) * q.shape[-1] ** -0.5\n    if attn_mask is not None: s = torch.where(attn_mask, s, torch.tensor(float('-inf')))\n    e = torch.exp(s - s.amax(-1, keepdim=True))\n    return (e / e.sum(-1, keepdim=True)) @ v",
     },
     "causal_self_attention": {"loop over the batch": "outs = []\n    for b in range(q.shape[0]):\n        m = causal_mask(q.shape[-2])\n        if attention_mask is not None: m = m & attention_mask[b].bool()[None, :]\n        outs.append(attention(q[b], k[b], v[b], m))\n    return torch.stack(outs)"},
+    "multi_head_self_attention": {
+        "the table's template, unswapped": _mha(),
+        "the course package": "return lm.multi_head_self_attention(x, w_qkv, b_qkv, w_out, b_out, n_heads, attn_mask)",
+        "einsum with heads on axis 2":
+            "B, T, C = x.shape; d = C // n_heads\n    qkv = torch.einsum('btc,cf->btf', x, w_qkv)\n"
+            "    if b_qkv is not None: qkv = qkv + b_qkv\n    q, k, v = (t.reshape(B, T, n_heads, d) for t in qkv.split(C, -1))\n"
+            "    s = torch.einsum('bqhd,bkhd->bhqk', q, k) / d ** 0.5\n"
+            "    allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()\n"
+            "    if attn_mask is not None: allowed = allowed & attn_mask\n"
+            "    y = torch.einsum('bhqk,bkhd->bqhd', s.masked_fill(~allowed, float('-inf')).softmax(-1), v).reshape(B, T, C)\n"
+            "    y = y @ w_out\n    return y if b_out is None else y + b_out",
+        "a loop over heads with your attention, into a buffer of x's dtype":
+            "B, T, C = x.shape; d = C // n_heads\n    qkv = x @ w_qkv + (b_qkv if b_qkv is not None else 0)\n"
+            "    m = causal_mask(T)\n    if attn_mask is not None: m = m & attn_mask\n    z = x.new_zeros(B, T, C)\n"
+            "    for h in range(n_heads):\n        sl = slice(h * d, (h + 1) * d)\n"
+            "        q, k, v = (qkv[:, None, :, i * C:(i + 1) * C][..., sl] for i in range(3))\n"
+            "        z[:, :, sl] = attention(q, k, v, m[:, :1] if m.dim() == 4 else m)[:, 0]\n"
+            "    return z @ w_out + (b_out if b_out is not None else 0)",
+        "torch.nn.MultiheadAttention built from the weights":
+            "B, T, C = x.shape\n    mha = torch.nn.MultiheadAttention(C, n_heads, batch_first=True, bias=b_qkv is not None,\n"
+            "                                      device=x.device, dtype=x.dtype).eval()\n"
+            "    with torch.no_grad():\n        mha.in_proj_weight.copy_(w_qkv.T); mha.out_proj.weight.copy_(w_out.T)\n"
+            "        if b_qkv is not None: mha.in_proj_bias.copy_(b_qkv); mha.out_proj.bias.copy_(b_out)\n"
+            "    allowed = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()\n"
+            "    if attn_mask is not None: allowed = (allowed & attn_mask).expand(B, n_heads, T, T).reshape(B * n_heads, T, T)\n"
+            "    return mha(x, x, x, attn_mask=~allowed, need_weights=False)[0]",
+    },
     "sinusoidal_positions": {"vectorised, exp-log frequencies": "t = torch.arange(n_positions)[:, None].double(); w = torch.exp(-math.log(10000.0) * torch.arange(0, dim, 2).double() / dim)\n    pe = torch.zeros(n_positions, dim); pe[:, 0::2] = torch.sin(t * w); pe[:, 1::2] = torch.cos(t * w); return pe"},
 }
 
