@@ -87,7 +87,8 @@ def test_solution_gets_full_marks(course, name):
     got = course["scores"][name]["solution"]
     assert got["max_code"] > 0, f"{name} has no autograded points"
     failing = {k: v for k, v in got["cells"].items() if v is not None and v == 0}
-    assert got["code"] == got["max_code"], f"{name}: solution scored {got['code']}/{got['max_code']}; failing: {failing}"
+    assert got["code"] == got["max_code"], (f"{name}: solution scored {got['code']}/{got['max_code']}; "
+                                            f"failing: {failing}")
 
 
 @pytest.mark.slow

@@ -56,7 +56,8 @@ def course(tmp_path_factory, root):
     stripped = copy.deepcopy(solved)  # Colab / VS Code: every cell's metadata and id gone
     # with a solution that writes to stderr (warnings, progress bars) in the test cell: not a failure
     noisy = _cells(stripped, "surprisal_bits")[0]
-    noisy.source = noisy.source.replace("    return ", "    import sys; print('a warning', file=sys.stderr)\n    return ", 1)
+    warn = "    import sys; print('a warning', file=sys.stderr)\n"
+    noisy.source = noisy.source.replace("    return ", warn + "    return ", 1)
     assert "a warning" in noisy.source
     for c in stripped.cells:
         c.metadata = {}
@@ -85,7 +86,8 @@ def course(tmp_path_factory, root):
 
     deleted = copy.deepcopy(solved)  # a solution cell and a test cell deleted
     deleted.cells = [c for c in deleted.cells
-                     if c.metadata.get("nbgrader", {}).get("grade_id") not in ("prefer_probability", "surprisal_bits_tests")]
+                     if c.metadata.get("nbgrader", {}).get("grade_id")
+                     not in ("prefer_probability", "surprisal_bits_tests")]
     subs["deleted"], want["deleted"] = deleted, full - points["prefer_probability_tests"]
 
     tampered = copy.deepcopy(release)  # the release with its test cells replaced by passing ones
@@ -144,7 +146,8 @@ def test_every_submission_is_graded(course):
     graded = course["scores"]
     assert sorted(graded) == sorted(course["want"]), f"graded {sorted(graded)}, submitted {sorted(course['want'])}"
     bad = [r["student"] for r in course["results"] if not r["ok"]]
-    assert not bad, f"nbgrader failed for {bad}: " + "\n".join(r["log"][-2000:] for r in course["results"] if not r["ok"])
+    assert not bad, f"nbgrader failed for {bad}: " + "\n".join(r["log"][-2000:] for r in course["results"]
+                                                               if not r["ok"])
 
 
 @pytest.mark.slow
@@ -431,7 +434,8 @@ def test_needs_review_only_for_guesses():
     from rl4lmt.grading.cli import needs_review
 
     assert needs_review({"what": "matched by similar content (91%)"}) and needs_review({"what": "matched by position"})
-    for what in ("matched by content", "matched by the functions it defines", "2 copies; kept one", "cell type code -> markdown"):
+    for what in ("matched by content", "matched by the functions it defines", "2 copies; kept one",
+                 "cell type code -> markdown"):
         assert not needs_review({"what": what})
 
 
@@ -447,8 +451,10 @@ def test_a_timed_out_grading_run_leaves_no_kernel_behind(tmp_path, root):
                          f"import os, time\nopen({str(pids)!r}, 'a').write(f'{{os.getpid()}}\\n')\ntime.sleep(600)\n"
                          "def chain_logprob(world, text):\n    return 0.0\n")
     submit(course, "sleeper", A, hang)
-    res = grade(A, course, jobs=1, limit=60, extra_args=["--HardenedExecute.timeout=600", "--HardenedExecute.total_timeout=900",
-                                                         "--HardenedExecute.time_factor=0"])  # no derived limit: the outer one hits
+    # no derived limit: the outer one hits
+    res = grade(A, course, jobs=1, limit=60, extra_args=["--HardenedExecute.timeout=600",
+                                                         "--HardenedExecute.total_timeout=900",
+                                                         "--HardenedExecute.time_factor=0"])
     assert not res[0]["ok"] and "stopped" in res[0]["log"]
     started = [int(x) for x in pids.read_text().split()]
     assert started, "the hanging cell never ran"

@@ -112,7 +112,8 @@ def release(assignments: list[str] | None = None, root=None, measure: bool = Tru
                 rec = measure_master(master)
                 print(f"measured {name}: {rec['total_s']:.1f} s -> {stored.relative_to(root)}")
             except Exception as exc:  # a broken master still gets released; its cells keep the ceiling
-                print(f"could not measure {name} ({type(exc).__name__}: {str(exc)[:200]}); its cells keep the ceiling limit")
+                print(f"could not measure {name} ({type(exc).__name__}: {str(exc)[:200]}); "
+                      "its cells keep the ceiling limit")
         out = root / "exercises" / name
         if out.exists():
             shutil.rmtree(out)  # files removed from a master disappear from its release too
@@ -137,7 +138,8 @@ def _autograded(root: pathlib.Path, assignment: str, student: str, since: float)
         return False
     for path in folder.glob("*.ipynb"):
         try:
-            if path.stat().st_mtime < since or "incidents" not in json.loads(path.read_text()).get("metadata", {}).get("rl4lmt", {}):
+            meta = json.loads(path.read_text()).get("metadata", {}).get("rl4lmt", {})
+            if path.stat().st_mtime < since or "incidents" not in meta:
                 return False
         except (OSError, ValueError):
             return False
@@ -286,7 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("-j", "--jobs", type=int, default=None, help="parallel graders (default: all cores)")
     g.add_argument("--limit", type=float, default=900.0, help="wall-clock limit per student in s")
     g.add_argument("--student", action="append", help="grade only these students")
-    g.add_argument("nbgrader_args", nargs="*", help="extra nbgrader options after --, e.g. -- --HardenedExecute.timeout=60")
+    g.add_argument("nbgrader_args", nargs="*",
+                   help="extra nbgrader options after --, e.g. -- --HardenedExecute.timeout=60")
     rp = sub.add_parser("report", help="print the class report")
     rp.add_argument("assignment")
     v = sub.add_parser("validate", help="run notebooks like the grader; exit 1 when a test fails")

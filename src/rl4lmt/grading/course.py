@@ -13,7 +13,7 @@ import shutil
 import nbformat
 
 from rl4lmt.grading import course_root
-from rl4lmt.grading.author import BEGIN_HIDDEN, BEGIN_SOLUTION, END_HIDDEN, END_SOLUTION, hidden_lines, solution_lines
+from rl4lmt.grading.author import BEGIN_SOLUTION, END_SOLUTION, hidden_lines, solution_lines
 
 __all__ = ["assignments", "build_course", "solved_from_master", "submit", "scores", "secret_lines", "flatten"]
 

@@ -22,8 +22,8 @@ from __future__ import annotations
 import copy
 import time
 
-from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbclient.client import NotebookClient
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor
 from traitlets import Float, Integer
@@ -41,12 +41,16 @@ class HardenedExecute(Execute):
     """nbgrader's ``Execute`` with a total time limit, memory limit, and restart-and-replay."""
 
     timeout = Integer(120, help="Per-cell time limit in seconds.", allow_none=True).tag(config=True)
-    total_timeout = Integer(360, help="Time limit for the whole notebook in seconds (replays included).").tag(config=True)
+    total_timeout = Integer(360, help="Time limit for the whole notebook in seconds (replays included)."
+                            ).tag(config=True)
     memory_limit_mb = Integer(3072, help="Heap limit of the kernel in MiB (RLIMIT_DATA); 0 for none.").tag(config=True)
     cpu_limit_s = Integer(0, help="CPU-time limit of the kernel in s (0: 4 x total_timeout).").tag(config=True)
-    max_restarts = Integer(4, help="Kernel restarts allowed per notebook; later cells are then not run.").tag(config=True)
-    time_factor = Float(10.0, help="A cell's limit is this many times the master's measured time for it...").tag(config=True)
-    time_floor = Integer(20, help="... but at least this many seconds (and at most `timeout`); 0 factor: off.").tag(config=True)
+    max_restarts = Integer(4, help="Kernel restarts allowed per notebook; later cells are then not run."
+                           ).tag(config=True)
+    time_factor = Float(10.0, help="A cell's limit is this many times the master's measured time for it..."
+                        ).tag(config=True)
+    time_floor = Integer(20, help="... but at least this many seconds (and at most `timeout`); 0 factor: off."
+                         ).tag(config=True)
 
     def __init__(self, *args, **kwargs):
         kwargs.setdefault("kernel_manager_class", LimitedKernelManager)
@@ -145,7 +149,8 @@ class HardenedExecute(Execute):
                         self._replay(done, incidents)
                     continue
                 if any(o.get("ename") == "CellTimeoutError" for o in cell.get("outputs", [])):
-                    incidents.append({"cell": index, "what": "CellTimeoutError", "why": "interrupted at the time limit"})
+                    incidents.append({"cell": index, "what": "CellTimeoutError",
+                                      "why": "interrupted at the time limit"})
                 done.append(index)
         self.set_widgets_metadata()
         # for the instructor's report: kept in the autograded notebook (plain JSON metadata)

@@ -68,7 +68,8 @@ class HideHiddenTests(NbGraderPreprocessor):
         for out in cell.get("outputs", []):
             if out.output_type == "error":
                 error = out
-                lines = [int(m.group(1)) for tb in out.get("traceback", []) for m in _CELL_LINE.finditer(_ANSI.sub("", tb))]
+                lines = [int(m.group(1)) for tb in out.get("traceback", [])
+                         for m in _CELL_LINE.finditer(_ANSI.sub("", tb))]
                 if not lines:
                     failed_where = "unknown"
                 elif span and span[0] <= lines[0] <= span[1]:

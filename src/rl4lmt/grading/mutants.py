@@ -213,7 +213,8 @@ def _load_suite(table: str) -> MutationSuite:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m rl4lmt.grading.mutants", description=__doc__.splitlines()[0])
     p.add_argument("tables", nargs="+", help="test files that define SUITE (a MutationSuite)")
-    p.add_argument("--master", default=None, help="grade against this master notebook instead (a folder: <folder>/<assignment>.ipynb)")
+    p.add_argument("--master", default=None,
+                   help="grade against this master notebook instead (a folder: <folder>/<assignment>.ipynb)")
     p.add_argument("--loose", action="store_true", help="test cells see the whole notebook namespace (for old masters)")
     args = p.parse_args(argv)
     import os
@@ -231,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = suite.report()
         c, w = sum(r["caught"] for r in rep.values()), sum(r["wrong"] for r in rep.values())
         a, r_ = sum(r["accepted"] for r in rep.values()), sum(r["right"] for r in rep.values())
-        print(f"{suite.assignment}: {c}/{w} mistakes caught ({100 * c / max(w, 1):.0f}%), {a}/{r_} correct alternatives accepted")
+        print(f"{suite.assignment}: {c}/{w} mistakes caught ({100 * c / max(w, 1):.0f}%), "
+              f"{a}/{r_} correct alternatives accepted")
         for task, r in rep.items():
             print(f"  {task}: caught {r['caught']}/{r['wrong']}, accepted {r['accepted']}/{r['right']}")
             for m in r["missed"]:

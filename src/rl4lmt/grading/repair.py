@@ -234,7 +234,8 @@ def repair_notebook(nb: NotebookNode, ref: NotebookNode) -> tuple[NotebookNode, 
             s = chosen[r]
             cell = copy.deepcopy(sub[s])
             if cell.cell_type != ref_cell.cell_type:
-                repairs.append({"grade_id": gid or f"cell {r}", "what": f"cell type {cell.cell_type} -> {ref_cell.cell_type}", "cell": s})
+                repairs.append({"grade_id": gid or f"cell {r}", "cell": s,
+                                "what": f"cell type {cell.cell_type} -> {ref_cell.cell_type}"})
                 _set_type(cell, ref_cell.cell_type)
             cell.setdefault("metadata", {})
             if "nbgrader" in ref_cell.metadata:
@@ -246,9 +247,11 @@ def repair_notebook(nb: NotebookNode, ref: NotebookNode) -> tuple[NotebookNode, 
             cell = copy.deepcopy(ref_cell)
             if kind in ("solution", "answer"):
                 cell.source = (MISSING_CODE if cell.cell_type == "code" else MISSING_TEXT) + cell.source
-                repairs.append({"grade_id": gid, "what": "missing from the submission: released stub put back, 0 points", "cell": None})
+                repairs.append({"grade_id": gid, "cell": None,
+                                "what": "missing from the submission: released stub put back, 0 points"})
             else:
-                repairs.append({"grade_id": gid, "what": "missing from the submission: instructor's cell put back", "cell": None})
+                repairs.append({"grade_id": gid, "cell": None,
+                                "what": "missing from the submission: instructor's cell put back"})
             cells.append(cell)
         else:
             cells.append(copy.deepcopy(ref_cell))
@@ -279,13 +282,15 @@ class RepairSubmission(NbGraderPreprocessor):
         meta = resources["nbgrader"]
         ref = release_reference(self.config, meta["assignment"], meta["notebook"], meta.get("db_url"))
         if ref is None:
-            self.log.warning("rl4lmt: no release found for %s/%s; submission not repaired", meta["assignment"], meta["notebook"])
+            self.log.warning("rl4lmt: no release found for %s/%s; submission not repaired",
+                             meta["assignment"], meta["notebook"])
             return nb, resources
         nb, repairs = repair_notebook(nb, ref)
         record = nb.metadata.setdefault("rl4lmt", {})
         record["repairs"] = record.get("repairs", []) + repairs
         for rep in repairs:
-            self.log.warning("rl4lmt: %s/%s %s: %s", meta.get("student"), meta["notebook"], rep["grade_id"] or "-", rep["what"])
+            self.log.warning("rl4lmt: %s/%s %s: %s", meta.get("student"), meta["notebook"], rep["grade_id"] or "-",
+                             rep["what"])
         return nb, resources
 
 

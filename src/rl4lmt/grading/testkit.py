@@ -46,7 +46,8 @@ def _check_tensor(got, want, what: str):
     if not isinstance(got, torch.Tensor):
         raise AssertionError(f"{what}: expected a LongTensor like generate's, got {type(got).__name__}")
     if got.dtype != torch.long or got.dim() != 2 or got.shape[0] != want.shape[0]:
-        raise AssertionError(f"{what}: expected a LongTensor of shape {tuple(want.shape)}, got {got.dtype} {tuple(got.shape)}")
+        raise AssertionError(f"{what}: expected a LongTensor of shape {tuple(want.shape)}, "
+                             f"got {got.dtype} {tuple(got.shape)}")
 
 
 def assert_greedy_matches(model, got, want, prompt_length: int, what: str, eos_token_id=None, atol: float = 1e-3):
@@ -139,4 +140,5 @@ def assert_beam_matches(model, got, want, prompt_length: int, what: str, length_
     if got.shape != want.shape and all(_hypothesis(got[i].tolist(), prompt_length, eos_token_id)
                                        == _hypothesis(want[i].tolist(), prompt_length, eos_token_id)
                                        for i in range(want.shape[0])):
-        raise AssertionError(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)} (pad every row to the longest)")
+        raise AssertionError(f"{what}: expected shape {tuple(want.shape)}, got {tuple(got.shape)} "
+                             "(pad every row to the longest)")

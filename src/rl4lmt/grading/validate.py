@@ -43,7 +43,8 @@ def _run(path: pathlib.Path, timeout: int) -> dict:
     nb = nbformat.read(path, as_version=4)
     results: dict = {"failed": [], "passed": []}
     try:
-        NotebookClient(nb, timeout=timeout, allow_errors=True, resources={"metadata": {"path": str(path.parent)}}).execute()
+        NotebookClient(nb, timeout=timeout, allow_errors=True,
+                       resources={"metadata": {"path": str(path.parent)}}).execute()
     except Exception as exc:  # a hang or a dead kernel is a failure to report, not a crash of the check
         results["failed"].append({"source": "", "error": f"the notebook did not run to the end: {type(exc).__name__}: "
                                                           f"{str(exc).splitlines()[0][:300] if str(exc) else ''}"})
@@ -61,7 +62,8 @@ def _run(path: pathlib.Path, timeout: int) -> dict:
 def validate_and_report(path: str | pathlib.Path) -> bool:
     """Print what failed; True when the notebook passes every visible test."""
     results = validate(path)
-    bad = {k: v for k, v in results.items() if k in ("failed", "changed", "type_changed", "unreadable", "no_grade_cells") and v}
+    kinds = ("failed", "changed", "type_changed", "unreadable", "no_grade_cells")
+    bad = {k: v for k, v in results.items() if k in kinds and v}
     if not bad:
         print(f"{path}: all visible tests passed ({len(results.get('passed', []))} cells)")
         return True
