@@ -422,3 +422,21 @@ def test_a_tiny_step_model_learns_the_per_prefix_posterior(world):
     assert losses[-1] < losses[0]
     # one score per response word, and one at the EOS
     assert all(len(p) == len(y.split()) + 1 for p, y in zip(reward.step_scores(model, tok, xs, ys), ys))
+
+
+def test_step_model_from_lm_keeps_the_transformer_and_the_callers_rng():
+    lm, tok = zoo.load("tiny-reviews", device="cpu")
+    state = torch.random.get_rng_state()
+    model, _ = reward.step_model_from_lm("tiny-reviews", seed=0, device="cpu")
+    assert torch.equal(state, torch.random.get_rng_state())
+    for (n1, p1), (n2, p2) in zip(lm.transformer.named_parameters(), model.transformer.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+    again, _ = reward.step_model_from_lm("tiny-reviews", seed=0, device="cpu")
+    other, _ = reward.step_model_from_lm("tiny-reviews", seed=1, device="cpu")
+    assert torch.equal(model.classifier.weight, again.classifier.weight)
+    assert not torch.equal(model.classifier.weight, other.classifier.weight)
+    # a causal model: the score after word t does not depend on later words
+    xs = ["write a positive review about the acting :"] * 2
+    a, b = reward.step_scores(model, tok, xs, ["the acting was good .", "the acting was bad , but i loved the plot ."])
+    assert a.shape == (6,) and b.shape == (12,)
+    assert np.allclose(a[:3], b[:3], atol=1e-6) and not np.allclose(a[3], b[3])
