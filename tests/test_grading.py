@@ -481,3 +481,53 @@ def test_a_hung_cell_costs_its_derived_limit_not_the_ceiling(tmp_path, root):
     assert res[0]["seconds"] < 80, f"grading took {res[0]['seconds']:.0f} s: the hung cell waited for the ceiling"
     got = scores(course, A)["hung"]
     assert got["cells"]["surprisal_bits_tests"] == 0 and got["cells"]["chain_logprob_tests"] > 0, got
+
+
+def test_every_master_has_fresh_per_cell_times(root):
+    """Every master's ``<a>.timing.json`` exists, matches its code (``master_hash``) and times every
+    code cell with a grade id. Without it the grader falls back to the 120-s ceiling for every cell
+    (ch06-reward was released without one; the test above only looked at ch00's file, and
+    ``release`` goes on when a master cannot be measured). Fix: ``python -m rl4lmt.grading release <a>``."""
+    from rl4lmt.grading.course import assignments
+    from rl4lmt.grading.timing import master_hash, timing_path
+
+    problems = []
+    for name in assignments(root):
+        master = root / "solutions" / name / f"{name}.ipynb"
+        path = timing_path(master)
+        if not path.is_file():
+            problems.append(f"{name}: no {path.name}")
+            continue
+        record = json.loads(path.read_text())
+        if record.get("master_hash") != master_hash(master):
+            problems.append(f"{name}: {path.name} is stale (measured for other code)")
+        nb = nbformat.read(master, as_version=4)
+        gids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells if c.cell_type == "code"]
+        untimed = sorted(g for g in gids if g and g not in record.get("cells", {}))
+        if untimed:
+            problems.append(f"{name}: cells without a time: {untimed}")
+    assert not problems, "run `python -m rl4lmt.grading release <a>`: " + "; ".join(problems)
+
+
+def test_nbgrader_launcher_skips_only_the_unused_grammar_compile(tmp_path):
+    """``rl4lmt.grading.launch`` (how the grader starts nbgrader) does not import rfc3987-syntax (a
+    grammar compile of seconds at every start), and notebooks are still validated against their schema."""
+    code = ("import sys\n"
+            "sys.modules.setdefault('rfc3987_syntax', None)\n"  # what launch.main() does first
+            "import rl4lmt.grading.launch, nbgrader.apps.nbgraderapp, nbformat\n"
+            "assert sys.modules.get('rfc3987_syntax') is None, 'the grammar package was imported'\n"
+            "nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('x = 1')])\n"
+            "nbformat.validate(nb)\n"
+            "nb.cells[0]['outputs'] = 'not a list'\n"
+            "try:\n"
+            "    nbformat.validate(nb)\n"
+            "except nbformat.ValidationError:\n"
+            "    print('invalid notebook rejected')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "invalid notebook rejected" in proc.stdout, proc.stderr[-2000:]
+    # and the launcher runs nbgrader itself: its CLI answers as `python -m nbgrader` does
+    proc = subprocess.run([sys.executable, "-m", "rl4lmt.grading.launch", "--version"], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    plain = subprocess.run([sys.executable, "-m", "nbgrader", "--version"], capture_output=True, text=True,
+                           timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.strip() == plain.stdout.strip() != "", (proc.stdout, proc.stderr)
