@@ -59,6 +59,7 @@ c.HardenedExecute.time_floor = 20        # ... but never under 20 s (solutions/<
 c.HardenedExecute.total_timeout = 360    # s per notebook (a solution notebook takes < 120 s)
 c.HardenedExecute.memory_limit_mb = 3072  # heap of the kernel (RLIMIT_DATA); torch needs ~0.5 GB
 c.HardenedExecute.iopub_timeout = 4      # s to wait for output after an interrupt
+c.HardenedExecute.shutdown_kernel = "immediate"  # killed after the last cell: a graceful exit costs ~2.5 s
 c.HardenedExecute.raise_on_iopub_timeout = True
 c.LimitOutput.max_lines = 200
 c.OverwriteCells.add_missing_cells = False  # RepairSubmission already put back missing cells

@@ -68,11 +68,15 @@ def kill_tree(pid: int, sig: int = signal.SIGKILL) -> list[int]:
 
 
 def _nbgrader(args: list[str], root: pathlib.Path, env: dict | None = None, timeout: float | None = None):
-    """Run ``python -m nbgrader ARGS`` in ``root``; past ``timeout`` its whole process tree is killed."""
+    """Run ``python -m nbgrader ARGS`` in ``root``; past ``timeout`` its whole process tree is killed.
+
+    nbgrader is started through :mod:`rl4lmt.grading.launch` (the same nbgrader without an unused
+    grammar compile at import, seconds per process).
+    """
     env = dict(os.environ if env is None else env)
     # nbgrader calls `alembic` (its database migrations) by name: the venv's bin must be on PATH
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
-    cmd = [sys.executable, "-m", "nbgrader", *args]
+    cmd = [sys.executable, "-m", "rl4lmt.grading.launch", *args]
     with subprocess.Popen(cmd, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                           start_new_session=True) as proc:  # its own process group, killed as a whole
         try:
