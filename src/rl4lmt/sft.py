@@ -232,11 +232,12 @@ def _quiet_datasets():
 
 
 def make_trainer(model, tokenizer, dataset, cfg: SFTRecipe | None = None, *, peft_config=None,
-                 output_dir: str | os.PathLike | None = None, progress: bool = False, **overrides):
+                 output_dir: str | os.PathLike | None = None, progress: bool = False, callbacks=None, **overrides):
     """A TRL ``SFTTrainer`` for ``model`` on a prompt/completion ``dataset`` (optionally with a peft config).
 
     ``trainer.train()`` then runs the recipe; ``trainer.model`` is the trained model (a peft model
-    when ``peft_config`` is given). Extra keyword arguments override :func:`sft_config`'s.
+    when ``peft_config`` is given). ``callbacks``: ``transformers.TrainerCallback`` s (e.g. to score
+    the model during training). Extra keyword arguments override :func:`sft_config`'s.
     """
     from trl import SFTTrainer
 
@@ -245,7 +246,7 @@ def make_trainer(model, tokenizer, dataset, cfg: SFTRecipe | None = None, *, pef
     args = sft_config(cfg, output_dir, progress=progress, **overrides)
     with _quiet_datasets():
         return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                          peft_config=peft_config)
+                          peft_config=peft_config, callbacks=callbacks)
 
 
 def checkpoint_dir() -> Path:
