@@ -11,7 +11,7 @@ export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
-.PHONY: book test lint venv clean-book model sft-model reward-model rlhf-models exercises bench chromium
+.PHONY: book test lint venv clean-book model sft-model reward-model process-reward-model rlhf-models exercises bench chromium
 
 venv: $(STAMP)
 
@@ -71,6 +71,10 @@ rlhf-models: $(STAMP)
 ## make reward-model: retrain the shipped reward model tiny-reviews-rm (chapter 6; same seed, same weights).
 reward-model: $(STAMP)
 	$(PY) -m rl4lmt.reward train
+
+## make process-reward-model: retrain the shipped process reward model tiny-reviews-prm (chapter 6; same seed, same weights).
+process-reward-model: $(STAMP)
+	$(PY) -m rl4lmt.reward train-prm
 
 ## make exercises: regenerate exercises/ (student versions) from solutions/ with nbgrader; commit both.
 exercises: $(STAMP)

@@ -440,3 +440,24 @@ def test_step_model_from_lm_keeps_the_transformer_and_the_callers_rng():
     a, b = reward.step_scores(model, tok, xs, ["the acting was good .", "the acting was bad , but i loved the plot ."])
     assert a.shape == (6,) and b.shape == (12,)
     assert np.allclose(a[:3], b[:3], atol=1e-6) and not np.allclose(a[3], b[3])
+
+
+def test_shipped_process_reward_model_tracks_the_worlds_posterior(world):
+    """tiny-reviews-prm on the policy's responses to instructions neither its recipe nor its own
+    evaluation saw: per-step error against the exact posterior, far below a constant's."""
+    from transformers import GPT2ForTokenClassification
+
+    torch.set_num_threads(1)
+    prm, tok = zoo.load("tiny-reviews-prm", device="cpu")
+    assert isinstance(prm, GPT2ForTokenClassification) and prm.config.num_labels == 1
+    policy, _ = zoo.load(reward.POLICY, device="cpu")
+    x0 = [x for x, _ in world.instructions(50, seed=777)]
+    y0 = reward.sample_responses(policy, tok, x0, 2, generator=torch.Generator().manual_seed(5))
+    xs, ys = [x for x, yy in zip(x0, y0) for _ in yy], [y for yy in y0 for y in yy]
+    pred = reward.step_scores(prm, tok, xs, ys)
+    gold = [reward.process_labels(world, x, y)[1:] for x, y in zip(xs, ys)]
+    p, g = np.concatenate(pred), np.concatenate(gold)
+    mae, constant = np.abs(p - g).mean(), np.abs(g - np.median(g)).mean()  # the median: the best constant
+    assert mae < 0.15 and mae < 0.5 * constant, (mae, constant)
+    final_p, final_g = np.array([r[-1] for r in pred]), np.array([r[-1] for r in gold])
+    assert np.corrcoef(final_p, final_g)[0, 1] > 0.5

@@ -732,7 +732,7 @@ def recipe_data(cfg: RewardModelConfig):
 # the loop is written out here; its loss is checked against torch's BCE in tests/test_reward.py.
 __all__ += [
     "process_labels", "step_label_batch", "step_label_loss", "step_model_from_lm", "step_scores",
-    "aggregate_steps", "train_step_model",
+    "aggregate_steps", "train_step_model", "ProcessRewardModelConfig", "train_prm",
 ]
 
 
@@ -917,6 +917,77 @@ def train_step_model(model, batch: dict, *, steps: int = 300, batch_size: int = 
     return losses
 
 
+@dataclass
+class ProcessRewardModelConfig:
+    """Data and training recipe of the shipped process reward model (``python -m rl4lmt.reward train-prm``)."""
+
+    policy: str = POLICY
+    """The SFT policy that writes the responses, and the step model's initialisation."""
+    n_prompts: int = 1000
+    """Training instructions (``world.instructions`` with seed ``seed + 20000``, apart from the RM's)."""
+    k: int = 2
+    """Responses sampled per instruction; every word of each is a labelled step."""
+    n_eval_prompts: int = 64
+    """Held-out instructions (seed ``seed + 30000``) for the reported per-step error."""
+    steps: int = 300
+    """Adam steps of :func:`train_step_model`."""
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    """Seeds the instructions, the sampled responses, the head's initialisation and the batch order."""
+    threads: int = 1
+    """One thread: the same seed gives the same weights."""
+
+
+def train_prm(out_dir=None, cfg: ProcessRewardModelConfig | None = None, progress: bool = True) -> dict:
+    """Build the shipped process reward model ``tiny-reviews-prm``: a ``GPT2ForTokenClassification``.
+
+    The policy's responses to fresh instructions, every step labelled with the world's exact
+    posterior (:func:`step_label_batch`), fitted by :func:`train_step_model` from
+    :func:`step_model_from_lm`; saved with its tokenizer and ``training.json`` (recipe, timings,
+    held-out per-step error against the exact posterior). Seeded end to end: the same command
+    rebuilds the same bytes on the same machine. ``benchmarks/reward_process.py`` trains the same
+    recipe (its process model of the largest size and model seed 0) beside outcome supervision.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from rl4lmt import zoo
+
+    cfg = cfg or ProcessRewardModelConfig()
+    out_dir = Path(out_dir) if out_dir is not None else zoo.checkpoint_dir("tiny-reviews-prm")
+    torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    world = TinyReviews(seed=cfg.seed)
+    policy, tokenizer = zoo.load(cfg.policy, device="cpu")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    xs0 = [x for x, _ in world.instructions(cfg.n_prompts, seed=cfg.seed + 20_000)]
+    ys0 = sample_responses(policy, tokenizer, xs0, cfg.k, generator=gen)
+    xs, ys = [x for x, yy in zip(xs0, ys0) for _ in yy], [y for yy in ys0 for y in yy]
+    batch = step_label_batch(tokenizer, world, xs, ys)
+    t_data = time.perf_counter() - t0
+    model, _ = step_model_from_lm(cfg.policy, seed=cfg.seed, device="cpu")
+    losses = train_step_model(model, batch, steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr,
+                              seed=cfg.seed, progress=progress)
+    t_train = time.perf_counter() - t0 - t_data
+    ex0 = [x for x, _ in world.instructions(cfg.n_eval_prompts, seed=cfg.seed + 30_000)]
+    ey0 = sample_responses(policy, tokenizer, ex0, 4, generator=gen)
+    ex, ey = [x for x, yy in zip(ex0, ey0) for _ in yy], [y for yy in ey0 for y in yy]
+    pred = np.concatenate(step_scores(model, tokenizer, ex, ey))
+    gold = np.concatenate([process_labels(world, x, y)[1:] for x, y in zip(ex, ey)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    report = {
+        "config": asdict(cfg), "n_train_responses": len(ys), "n_train_steps_labelled": int(batch["label_mask"].sum()),
+        "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1),
+        "loss_first_20": float(np.mean(losses[:20])), "loss_last_20": float(np.mean(losses[-20:])),
+        "eval": {"n_responses": len(ey), "n_steps": int(len(gold)), "mae": float(np.abs(pred - gold).mean()),
+                 "accuracy_at_half": float(((pred > 0.5) == (gold > 0.5)).mean())},
+    }
+    (out_dir / "training.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
 def _main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m rl4lmt.reward", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -925,7 +996,14 @@ def _main(argv=None) -> None:
     for name, default in asdict(RewardModelConfig()).items():
         if name != "annotators":
             p_train.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    p_prm = sub.add_parser("train-prm", help="rebuild the shipped tiny-reviews-prm process reward model")
+    p_prm.add_argument("--out", default=None, help="output folder (default: the package's checkpoint)")
+    for name, default in asdict(ProcessRewardModelConfig()).items():
+        p_prm.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
     args = parser.parse_args(argv)
+    if args.command == "train-prm":
+        cfg = ProcessRewardModelConfig(**{f: getattr(args, f) for f in asdict(ProcessRewardModelConfig())})
+        print(json.dumps(train_prm(args.out, cfg), indent=1))
     if args.command == "train":
         fields = [f for f in asdict(RewardModelConfig()) if f != "annotators"]
         report = train(args.out, RewardModelConfig(**{f: getattr(args, f) for f in fields}))

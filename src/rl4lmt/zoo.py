@@ -37,6 +37,7 @@ PAD, UNK = "<pad>", "<unk>"
 SHIPPED = ("tiny-reviews", "tiny-reviews-sft",  # causal LMs; "-sft": chapter 5's instruction-tuned model
            "tiny-reviews-ppo", "tiny-reviews-dpo")  # the SFT model after PPO-RLHF / DPO (rl4lmt.rlhf_models)
 REWARD_MODELS = ("tiny-reviews-rm",)  # shipped GPT2ForSequenceClassification reward models (chapter 6)
+PROCESS_REWARD_MODELS = ("tiny-reviews-prm",)  # GPT2ForTokenClassification: a score after every token (chapter 6)
 _REBUILD = {"tiny-reviews-sft": "rl4lmt.sft train", "tiny-reviews-ppo": "rl4lmt.rlhf_models ppo",
             "tiny-reviews-dpo": "rl4lmt.rlhf_models dpo"}  # the command that rebuilds each checkpoint
 
@@ -188,7 +189,9 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
     ``"tiny-reviews"`` is the GPT-2 pretrained on the TinyReviews world that ships with the
     package (works offline), ``"tiny-reviews-sft"`` the same model instruction-tuned (chapter 5);
     ``"tiny-reviews-rm"`` is chapter 6's reward model, a
-    ``GPT2ForSequenceClassification`` (one score per text, read at its last real token). Other
+    ``GPT2ForSequenceClassification`` (one score per text, read at its last real token), and
+    ``"tiny-reviews-prm"`` its process reward model, a ``GPT2ForTokenClassification`` (a score
+    after every token: the probability that the response is on track so far). Other
     names go to transformers' ``AutoModelForCausalLM`` / ``AutoTokenizer.from_pretrained`` (a hub
     id or a local folder); offline, a name that is not in the local cache fails with an
     ``OSError`` that says what to do instead. The model is put in eval mode on ``device``
@@ -197,16 +200,17 @@ def load(name: str = "tiny-reviews", device: torch.device | str | None = None):
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
     device = get_device() if device is None else torch.device(device)
-    if name in REWARD_MODELS:  # a scalar head on the transformer: load returns (reward model, tokenizer)
-        from transformers import GPT2ForSequenceClassification, PreTrainedTokenizerFast
+    if name in REWARD_MODELS or name in PROCESS_REWARD_MODELS:  # a scalar head: (reward model, tokenizer)
+        from transformers import GPT2ForSequenceClassification, GPT2ForTokenClassification, PreTrainedTokenizerFast
 
+        process = name in PROCESS_REWARD_MODELS
         path = checkpoint_dir(name)
         if not (path / "model.safetensors").exists():
             raise FileNotFoundError(
                 f"the shipped reward model {name!r} is missing from {path}; rebuild it with "
-                "`python -m rl4lmt.reward train` (or reinstall the package)")
+                f"`python -m rl4lmt.reward {'train-prm' if process else 'train'}` (or reinstall the package)")
         with _quiet_loading():
-            model = GPT2ForSequenceClassification.from_pretrained(path)
+            model = (GPT2ForTokenClassification if process else GPT2ForSequenceClassification).from_pretrained(path)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
     elif name in SHIPPED:
         from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
