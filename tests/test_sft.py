@@ -88,6 +88,23 @@ def test_completion_only_loss_matches_trl(base, tmp_path):
     torch.testing.assert_close(ours, trl_loss, rtol=1e-5, atol=1e-6)
 
 
+def test_make_trainer_runs_the_callers_callbacks(base, tmp_path):
+    from transformers import TrainerCallback
+
+    steps = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            steps.append(state.global_step)
+
+    model, tok = copy.deepcopy(base[0]), base[1]
+    ds = sft.instruction_dataset(8, seed=5)
+    trainer = sft.make_trainer(model, tok, ds, sft.SFTRecipe(steps=2, batch_size=4, warmup=0), output_dir=tmp_path,
+                               callbacks=[Record()])
+    trainer.train()
+    assert steps == [1, 2]
+
+
 def test_completion_only_loss_brute_force_and_masking():
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(2, 5, 7, generator=g) * 10  # large logits: log-softmax must stay exact
