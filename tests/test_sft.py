@@ -186,6 +186,32 @@ def test_lora_matches_peft(base, targets, peft_targets):
         torch.testing.assert_close(merged(x).logits, merged_peft(x).logits, rtol=1e-5, atol=1e-5)
 
 
+def test_peft_embedding_copy_is_the_input_only(base):
+    """What the benchmark's LoRA runs rely on: peft's ``modules_to_save=["wte"]`` on GPT-2's tied embedding
+    trains a copy that the input reads, while the tied output head keeps the pretrained weights (also merged)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = copy.deepcopy(base[0]), base[1]
+    w0 = model.transformer.wte.weight.detach().clone()
+    pm = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], fan_in_fan_out=True,
+                                          modules_to_save=["wte"], task_type="CAUSAL_LM"))
+    wte_copy = pm.base_model.model.transformer.wte.modules_to_save["default"].weight
+    head = pm.base_model.model.lm_head.weight
+    assert wte_copy.requires_grad and not head.requires_grad
+    ids, am, cm = sft.tokenize_sft(tok, ["write a positive review about the plot :"], [" i loved the plot ."])
+    sft.completion_only_loss(pm(input_ids=ids, attention_mask=am).logits, ids, cm, am).backward()
+    assert wte_copy.grad is not None and wte_copy.grad[ids[0]].abs().sum() > 0
+    with torch.no_grad():
+        wte_copy.add_(torch.randn(wte_copy.shape, generator=torch.Generator().manual_seed(0)))
+        with pm.disable_adapter():
+            before = pm(input_ids=ids).logits
+        after = pm(input_ids=ids).logits
+    assert (after - before).abs().max() > 1e-2  # the forward pass reads the copy
+    assert torch.equal(head, w0)  # ... and the output head is still the pretrained embedding
+    merged = pm.merge_and_unload()
+    assert torch.equal(merged.transformer.wte.weight, wte_copy) and torch.equal(merged.lm_head.weight, w0)
+
+
 def test_lora_init_like_peft():
     from peft import LoraConfig, get_peft_model
 
