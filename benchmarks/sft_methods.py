@@ -84,6 +84,7 @@ METHODS = {  # in the order they run (the most telling first)
     "curve-full": dict(kind="full", lr=3e-3, steps=1000, curve_every=100),
     "curve-lora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, new_tokens=True, steps=1000,
                               curve_every=100),
+    "curve-lora-all-r4-frozen-emb": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, steps=1000, curve_every=100),
 }
 CURVE_N = 200  # held-out instructions per point of a learning curve
 
