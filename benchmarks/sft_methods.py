@@ -17,10 +17,10 @@ demonstrations (``rl4lmt.sft.instruction_dataset``, seed 0), for the same number
   (``prompt_tuning_init="TEXT"``), lr 1e-1; ``prompt-k16-random-init``: peft's default N(0, 1)
   init, ten times longer than a word's embedding (lr 3e-2).
 
-The ``curve-*`` runs train full fine-tuning and LoRA for 1000 steps and score them every 100 steps
-(on the first ``CURVE_N`` held-out instructions): at 300 steps every PEFT method is still on the
-plateau where the model writes reviews but ignores the request; LoRA leaves it later than full
-fine-tuning does.
+The ``curve-*`` runs train full fine-tuning, LoRA and prompt tuning for 1000 steps and score them
+every 100 steps (on the first ``CURVE_N`` held-out instructions): at 300 steps every PEFT method is
+still on the plateau where the model writes reviews but ignores the request; LoRA leaves it later
+than full fine-tuning does, prompt tuning not within 1000 steps.
 
 The LoRA runs also train a copy of the input embedding (peft's ``modules_to_save=["wte"]``; the
 tied output head stays frozen): the instruction words that plain reviews never contain
@@ -85,6 +85,8 @@ METHODS = {  # in the order they run (the most telling first)
     "curve-lora-all-r4": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, new_tokens=True, steps=1000,
                               curve_every=100),
     "curve-lora-all-r4-frozen-emb": dict(kind="lora", r=4, targets=ALL_LINEAR, lr=1e-2, steps=1000, curve_every=100),
+    "curve-prompt-k16": dict(kind="prompt", k=16, lr=1e-1, init_text="write a review about the", steps=1000,
+                             curve_every=100),
 }
 CURVE_N = 200  # held-out instructions per point of a learning curve
 
