@@ -314,7 +314,9 @@ def _start_distribution(sentiments=None, topics=None) -> dict:
     return {q: p / z for q, p in dist.items()}
 
 
-def _vocabulary() -> list[str]:
+@cache
+def _vocabulary() -> tuple[str, ...]:
+    # cached: the walk over every reachable state takes ~0.25 s and the language never changes
     words = set(_INSTRUCTION_WORDS)
     seen, todo = set(), list(_start_distribution())
     while todo:  # every word on every reachable arc
@@ -326,7 +328,7 @@ def _vocabulary() -> list[str]:
             words.add(w)
             todo.append(nxt)
     words.discard(EOS)
-    return [EOS] + sorted(words)
+    return (EOS, *sorted(words))
 
 
 class TinyReviews:
@@ -348,7 +350,7 @@ class TinyReviews:
             raise TypeError(f"seed must be an int, got {type(seed).__name__}")
         self.seed = int(seed)
         self._rng = np.random.default_rng(self.seed)
-        self.vocab: list[str] = _vocabulary()
+        self.vocab: list[str] = list(_vocabulary())  # a copy: an instance's list is its own
         self.word_to_id: dict[str, int] = {w: i for i, w in enumerate(self.vocab)}
         self.aspects: list[str] = list(ASPECTS)
         self.sentiments: tuple = SENTIMENTS
