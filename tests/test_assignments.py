@@ -34,16 +34,27 @@ def _secrets(name):
     return secret_lines(_master(name), release_text)
 
 
+class _Courses:
+    """One throw-away course per assignment, released and graded (solution and release, in parallel)
+    on first use, so ``pytest -k ch00`` grades ch00 only."""
+
+    def __init__(self, base: pathlib.Path):
+        self.base, self._done = base, {}
+
+    def __getitem__(self, name: str) -> dict:
+        if name not in self._done:
+            path = build_course(self.base / name, [name], ROOT)
+            release = nbformat.read(path / "exercises" / name / f"{name}.ipynb", as_version=4)
+            submit(path, "solution", name, solved_from_master(_master(name), release))
+            submit(path, "release", name, release)
+            results = grade(name, path, jobs=2, limit=900)
+            self._done[name] = {"path": path, "results": results, "scores": scores(path, name)}
+        return self._done[name]
+
+
 @pytest.fixture(scope="module")
 def course(tmp_path_factory):
-    """All assignments released in a throw-away course; solution and release graded in parallel."""
-    course = build_course(tmp_path_factory.mktemp("assignments"), ASSIGNMENTS, ROOT)
-    for name in ASSIGNMENTS:
-        release = nbformat.read(course / "exercises" / name / f"{name}.ipynb", as_version=4)
-        submit(course, "solution", name, solved_from_master(_master(name), release))
-        submit(course, "release", name, release)
-    results = {name: grade(name, course, jobs=2, limit=900) for name in ASSIGNMENTS}
-    return {"path": course, "results": results, "scores": {name: scores(course, name) for name in ASSIGNMENTS}}
+    return _Courses(tmp_path_factory.mktemp("assignments"))
 
 
 def test_there_are_assignments():
@@ -69,7 +80,7 @@ def test_setup_cell_is_the_generated_one(name):
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_exercises_are_up_to_date(course, name):
     """The committed release equals what nbgrader generates from the master now."""
-    fresh, committed = course["path"] / "exercises" / name, ROOT / "exercises" / name
+    fresh, committed = course[name]["path"] / "exercises" / name, ROOT / "exercises" / name
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file())  # noqa: E731
     assert files(fresh) == files(committed), f"{name}: files differ; run make exercises"
     for rel in files(fresh):
@@ -82,9 +93,9 @@ def test_exercises_are_up_to_date(course, name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_solution_gets_full_marks(course, name):
-    bad = [r for r in course["results"][name] if not r["ok"]]
+    bad = [r for r in course[name]["results"] if not r["ok"]]
     assert not bad, "\n".join(r["log"][-3000:] for r in bad)
-    got = course["scores"][name]["solution"]
+    got = course[name]["scores"]["solution"]
     assert got["max_code"] > 0, f"{name} has no autograded points"
     failing = {k: v for k, v in got["cells"].items() if v is not None and v == 0}
     assert got["code"] == got["max_code"], (f"{name}: solution scored {got['code']}/{got['max_code']}; "
@@ -95,7 +106,7 @@ def test_solution_gets_full_marks(course, name):
 @pytest.mark.parametrize("name", ASSIGNMENTS)
 def test_release_gets_no_autograded_points(course, name):
     """Every test cell fails on the untouched release: no test passes without the student's work."""
-    got = course["scores"][name]["release"]
+    got = course[name]["scores"]["release"]
     passing = {k: v for k, v in got["cells"].items() if v}
     assert got["code"] == 0 and not passing, f"{name}: the release scores {got['code']}; passing cells {passing}"
 
