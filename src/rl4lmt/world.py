@@ -551,8 +551,14 @@ class TinyReviews:
         Empty dict for a prefix the world cannot produce.
         """
         tokens = self._tokens(prefix, "prefix")
-        post = {v: self._prefix_posteriors(tokens, {s}, None, ended=False)[-1] for s, v in enumerate(SENTIMENTS)}
-        return post if math.isfinite(self.prefix_logprob(prefix)) else {}
+        _, lz_all = self._forward(tokens, _start_distribution())  # p(w_1..w_t), once for all four sentiments
+        if not math.isfinite(lz_all):
+            return {}
+        post = {}
+        for s, v in enumerate(SENTIMENTS):  # Bayes: prior(s) p(w_1..w_t | s) / p(w_1..w_t)
+            _, lz = self._forward(tokens, _start_distribution({s}))
+            post[v] = float(min(1.0, _SENT_PRIOR[s] * math.exp(lz - lz_all))) if math.isfinite(lz) else 0.0
+        return post
 
     def prefix_instruction_scores(self, instruction: str, response: str, *, ended: bool = True) -> np.ndarray:
         """The gold posterior that ``response`` is on track, after each of its prefixes.
