@@ -344,22 +344,33 @@ def reward_model_from_lm(name: str = POLICY, *, seed: int = 0, device=None):
     """
     from transformers import GPT2ForSequenceClassification
 
+    return _scalar_head_model(GPT2ForSequenceClassification, name, seed, device, pad_token_id=True)
+
+
+def _scalar_head_model(model_class, name: str, seed: int, device, pad_token_id: bool = False, **config):
+    """``model_class`` (a GPT-2 with a fresh ``num_labels=1`` head) on the LM ``name``'s transformer.
+
+    The head is drawn with ``seed`` and the caller's RNG is restored; ``config`` updates the LM's
+    config first; ``pad_token_id`` sets the tokenizer's pad id in the config.
+    """
     from rl4lmt import zoo
     from rl4lmt.utils import get_device
 
     lm, tokenizer = zoo.load(name, device="cpu")
-    config = lm.config
-    config.num_labels = 1
-    config.pad_token_id = tokenizer.pad_token_id
+    lm.config.num_labels = 1
+    if pad_token_id:
+        lm.config.pad_token_id = tokenizer.pad_token_id
+    for key, value in config.items():
+        setattr(lm.config, key, value)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)  # the fresh head is the only random part; restore the caller's RNG after
     try:
-        rm = GPT2ForSequenceClassification(config)
+        model = model_class(lm.config)
     finally:
         torch.random.set_rng_state(gen_state)
-    rm.transformer.load_state_dict(lm.transformer.state_dict())  # strict: every weight is the LM's
+    model.transformer.load_state_dict(lm.transformer.state_dict())  # strict: every weight is the LM's
     device = get_device() if device is None else torch.device(device)
-    return rm.to(device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 @torch.no_grad()
@@ -817,22 +828,7 @@ def step_model_from_lm(name: str = POLICY, *, seed: int = 0, device=None):
     """
     from transformers import GPT2ForTokenClassification
 
-    from rl4lmt import zoo
-    from rl4lmt.utils import get_device
-
-    lm, tokenizer = zoo.load(name, device="cpu")
-    config = lm.config
-    config.num_labels = 1
-    config.classifier_dropout = 0.0
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        model = GPT2ForTokenClassification(config)
-    finally:
-        torch.random.set_rng_state(gen_state)
-    model.transformer.load_state_dict(lm.transformer.state_dict())
-    device = get_device() if device is None else torch.device(device)
-    return model.to(device).eval(), tokenizer
+    return _scalar_head_model(GPT2ForTokenClassification, name, seed, device, classifier_dropout=0.0)
 
 
 @torch.no_grad()
