@@ -181,6 +181,29 @@ def test_bayes_ceiling_is_the_best_classifier():
         reward.bayes_ceiling([1.2])
 
 
+def test_within_prompt_correlation_is_the_fixed_effects_correlation():
+    rng = np.random.default_rng(0)
+    groups = rng.choice(["a", "b", "c", "d", "e"], 40)
+    x, y = rng.normal(size=40), rng.normal(size=40)
+    y = y + 0.7 * x
+    # independent reference: residuals of least squares on one dummy column per group
+    dummies = (groups[:, None] == np.unique(groups)[None, :]).astype(float)
+    res = lambda v: v - dummies @ np.linalg.lstsq(dummies, v, rcond=None)[0]  # noqa: E731
+    want = np.corrcoef(res(x), res(y))[0, 1]
+    assert reward.within_prompt_correlation(groups, x, y) == pytest.approx(want, abs=1e-12)
+    # a Bradley-Terry reward's per-prompt offset is arbitrary: shifting each group changes nothing
+    shift = {g: rng.normal(scale=100.0) for g in np.unique(groups)}
+    shifted = x + np.array([shift[g] for g in groups])
+    assert reward.within_prompt_correlation(groups, shifted, y) == pytest.approx(want, abs=1e-9)
+    assert abs(np.corrcoef(shifted, y)[0, 1] - want) > 0.1  # the pooled correlation is not
+    # one group: the ordinary Pearson correlation
+    assert reward.within_prompt_correlation(["p"] * 40, x, y) == pytest.approx(np.corrcoef(x, y)[0, 1])
+    with pytest.raises(ValueError, match="one length"):
+        reward.within_prompt_correlation(groups[:3], x, y)
+    with pytest.raises(ValueError, match="does not vary"):
+        reward.within_prompt_correlation(list(range(40)), x, y)  # every group a singleton
+
+
 def test_pairwise_accuracy_ties_are_not_wins():
     assert reward.pairwise_accuracy([1.0, 2.0, 3.0, 0.0], [0.0, 2.0, 4.0, -1.0]) == 0.5
     assert reward.pairwise_accuracy(torch.zeros(5), torch.zeros(5)) == 0.0  # a constant RM
@@ -334,6 +357,17 @@ def test_shipped_reward_model_loads_and_is_near_the_ceiling(world):
     # it inherited the annotators' taste for length: its score rises with the number of words
     lengths = np.array(list(data["len_chosen"]) + list(data["len_rejected"]))
     assert np.corrcoef(lengths, np.concatenate([rc.numpy(), rr.numpy()]))[0, 1] > 0.2
+    # evaluate() reports the same accuracy and ceiling, and its within-prompt correlation with gold
+    # is positive (the recipe's 500 held-out prompts give ~0.37) while the pooled one need not be
+    ev = reward.evaluate(rm, tok, data)
+    assert (ev["accuracy"], ev["ceiling"]) == (pytest.approx(acc), pytest.approx(ceiling))
+    rows = {}
+    for x, c, r, s_c, s_r, g_c, g_r in zip(data["prompt"], data["chosen"], data["rejected"], rc.tolist(),
+                                          rr.tolist(), data["gold_chosen"], data["gold_rejected"]):
+        rows[(x, c)], rows[(x, r)] = (s_c, g_c), (s_r, g_r)
+    xs, sg = [k[0] for k in rows], np.array(list(rows.values()))
+    assert ev["pearson_within"] == pytest.approx(reward.within_prompt_correlation(xs, sg[:, 0], sg[:, 1]), abs=1e-6)
+    assert ev["pearson_within"] > 0.1, ev
 
 
 # ----------------------------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from rl4lmt.world import TinyReviews
 __all__ = [
     "POLICY", "Annotators", "gold_utility", "sample_responses", "ranking_pairs", "preference_data",
     "bradley_terry_loss", "kwise_bradley_terry_loss", "last_token_scores", "reward_model_from_lm",
-    "score", "pairwise_accuracy", "bayes_ceiling", "best_of_n", "best_of_n_kl",
+    "score", "pairwise_accuracy", "bayes_ceiling", "within_prompt_correlation", "best_of_n", "best_of_n_kl",
     "best_of_n_expectation", "best_of_n_kl_monte_carlo", "RewardModelConfig", "fit", "train",
     "recipe_data", "train_bradley_terry", "evaluate",
 ]
@@ -430,14 +430,43 @@ def bayes_ceiling(p_chosen) -> float:
     return float(np.mean(np.maximum(p, 1 - p)))
 
 
+def within_prompt_correlation(groups, x, y) -> float:
+    """Pearson correlation of ``x`` and ``y`` after removing each group's mean from both.
+
+    A Bradley-Terry reward is identified only up to a constant per prompt: adding :math:`c(x)` to
+    :math:`r(x, y)` changes no :math:`r(x, y_w) - r(x, y_l)`, so no loss and no label can fix
+    it. A correlation with gold pooled over prompts mixes these arbitrary offsets in; this one
+    compares responses to the *same* prompt only (the fixed-effects correlation), and is
+    unchanged by any per-group shift of ``x`` or ``y``. Groups with one member carry no
+    within-group variation and drop out.
+
+    Taught in chapter 6, "The shipped reward model".
+    """
+    keys = [str(k) for k in groups]
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    if not (len(keys) == x.size == y.size) or x.ndim != 1 or y.ndim != 1 or x.size == 0:
+        raise ValueError(f"groups, x and y must be non-empty and of one length, got {len(keys)}, {x.size}, {y.size}")
+    _, g = np.unique(np.array(keys), return_inverse=True)
+    count = np.bincount(g)
+    dx = x - (np.bincount(g, x) / count)[g]
+    dy = y - (np.bincount(g, y) / count)[g]
+    denom = math.sqrt(float(dx @ dx) * float(dy @ dy))
+    if denom == 0.0:
+        raise ValueError("x or y does not vary within any group: the within-group correlation is undefined")
+    return float(dx @ dy) / denom
+
+
 def evaluate(rm, tokenizer, data) -> dict:
     """Evaluate a reward model on held-out preference data from :func:`preference_data`.
 
     Returns ``accuracy`` (against the annotators' labels), ``ceiling`` (:func:`bayes_ceiling`),
     ``gold_accuracy`` (ordering pairs as the gold utility does; gold ties left out),
     ``annotator_gold_accuracy`` (the labels themselves against gold), ``pearson``/``spearman``
-    (RM score against gold utility, over distinct responses), and the length slopes: the least-
-    squares slope per word of the RM score and of the gold utility, and ``rm_length_corr``.
+    (RM score against gold utility, pooled over the distinct responses of all prompts),
+    ``pearson_within`` (the same within prompts, :func:`within_prompt_correlation`: the one a
+    Bradley-Terry reward can be judged on, since its per-prompt offset is arbitrary), and the
+    length slopes: the least-squares slope per word of the RM score and of the gold utility,
+    ``rm_length_corr`` and ``gold_length_corr``.
 
     Taught in chapter 6, "The shipped reward model".
     """
@@ -449,12 +478,12 @@ def evaluate(rm, tokenizer, data) -> dict:
     lc, lr_ = np.asarray(data["len_chosen"]), np.asarray(data["len_rejected"])
     differ = gc != gr
     # one row per distinct (prompt, response) for correlations
-    seen, s, g, n = set(), [], [], []
+    seen, xs, s, g, n = set(), [], [], [], []
     for i, (x, c, r) in enumerate(zip(data["prompt"], data["chosen"], data["rejected"])):
         for text, sc, gd, ln in ((c, rc[i], gc[i], lc[i]), (r, rr[i], gr[i], lr_[i])):
             if (x, text) not in seen:
                 seen.add((x, text))
-                s.append(float(sc)), g.append(float(gd)), n.append(int(ln))
+                xs.append(x), s.append(float(sc)), g.append(float(gd)), n.append(int(ln))
     s, g, n = np.array(s), np.array(g), np.array(n)
     return {
         "n_pairs": len(gc),
@@ -464,6 +493,7 @@ def evaluate(rm, tokenizer, data) -> dict:
         "annotator_gold_accuracy": float(np.mean((gc > gr)[differ])),
         "pearson": float(stats.pearsonr(s, g)[0]),
         "spearman": float(stats.spearmanr(s, g)[0]),
+        "pearson_within": within_prompt_correlation(xs, s, g),
         "rm_length_slope": float(np.polyfit(n, s, 1)[0]),
         "gold_length_slope": float(np.polyfit(n, g, 1)[0]),
         "rm_length_corr": float(stats.pearsonr(n, s)[0]),
