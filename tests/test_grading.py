@@ -509,6 +509,32 @@ def test_every_master_has_fresh_per_cell_times(root):
     assert not problems, "run `python -m rl4lmt.grading release <a>`: " + "; ".join(problems)
 
 
+def test_a_stale_timing_file_is_ignored_with_a_warning(tmp_path, root):
+    """Per-cell limits measured for other code than the master has now could stop a correct
+    submission whose cell became slower: ``load_timing`` ignores them (every cell keeps the
+    ceiling) and warns how to measure again; a fresh file is used as it is."""
+    import shutil
+    import warnings
+
+    from rl4lmt.grading.timing import StaleTimingWarning, load_timing, timing_path
+
+    src = root / "solutions" / A / f"{A}.ipynb"
+    master = tmp_path / A / f"{A}.ipynb"
+    master.parent.mkdir()
+    shutil.copy(src, master)
+    shutil.copy(timing_path(src), timing_path(master))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fresh file warns nothing
+        fresh = load_timing(master)
+    assert fresh and fresh == {k: float(v) for k, v in json.loads(timing_path(src).read_text())["cells"].items()}
+    nb = nbformat.read(master, as_version=4)
+    code = next(c for c in nb.cells if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution"))
+    code.source += "\nimport time; time.sleep(5)  # the master became slower"
+    nbformat.write(nb, master)
+    with pytest.warns(StaleTimingWarning, match=f"rl4lmt.grading release {A}"):
+        assert load_timing(master) == {}
+
+
 def test_nbgrader_launcher_skips_only_the_unused_grammar_compile(tmp_path):
     """``rl4lmt.grading.launch`` (how the grader starts nbgrader) does not import rfc3987-syntax (a
     grammar compile of seconds at every start), and notebooks are still validated against their schema."""

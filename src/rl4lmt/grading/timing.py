@@ -18,8 +18,9 @@ import hashlib
 import json
 import pathlib
 import time
+import warnings
 
-__all__ = ["timing_path", "master_hash", "measure_master", "load_timing", "cell_limit"]
+__all__ = ["timing_path", "master_hash", "measure_master", "load_timing", "cell_limit", "StaleTimingWarning"]
 
 
 def timing_path(master: str | pathlib.Path) -> pathlib.Path:
@@ -70,15 +71,33 @@ def measure_master(master: str | pathlib.Path, timeout: int = 600) -> dict:
     return record
 
 
+class StaleTimingWarning(UserWarning):
+    """A master's ``timing.json`` was measured for other code than the master has now."""
+
+
 def load_timing(master: str | pathlib.Path) -> dict[str, float]:
-    """The measured per-cell seconds of a master (empty when it was never measured)."""
+    """The measured per-cell seconds of a master (empty when it was never measured).
+
+    A measurement whose ``master_hash`` no longer matches the master's code is stale: a cell may
+    have become slower since, and a limit derived from its old time could stop a correct
+    submission. It is ignored, so every cell keeps the ceiling (never less generous), with a
+    :class:`StaleTimingWarning` that says how to measure again.
+    """
     path = timing_path(master)
     if not path.is_file():
         return {}
     try:
-        return {k: float(v) for k, v in json.loads(path.read_text()).get("cells", {}).items()}
+        record = json.loads(path.read_text())
+        cells = {k: float(v) for k, v in record.get("cells", {}).items()}
     except (ValueError, AttributeError):
         return {}
+    if record.get("master_hash") != master_hash(master):
+        warnings.warn(StaleTimingWarning(
+            f"{path} was measured for other code than {pathlib.Path(master).name} has now: per-cell time "
+            f"limits fall back to the ceiling. Measure again with `python -m rl4lmt.grading release "
+            f"{pathlib.Path(master).parent.name}`."), stacklevel=2)
+        return {}
+    return cells
 
 
 def cell_limit(measured: float | None, ceiling: int | None, factor: float, floor: float) -> int | None:
