@@ -1,6 +1,6 @@
 """Outcome against process supervision in best-of-n (chapter 6, after Lightman et al., 2023).
 
-    .venv/bin/python benchmarks/reward_process.py [--train-prompts 125 1000 --model-seeds 0 1 --steps 300]
+    .venv/bin/python benchmarks/reward_process.py [--train-prompts 125 1000 --model-seeds 0 1 --steps 1000]
 
 The same responses of the SFT policy (``k`` per training instruction, fresh seeds) train two
 step models from the SFT LM with the same loop and budget (``rl4lmt.reward.train_step_model``),
@@ -10,13 +10,17 @@ for each training-set size and model seed:
 - **outcome**: the final gold utility as the label of the last step only (Lightman et al.'s
   outcome-supervised baseline: same responses, one label each).
 
+As in the shipped recipe, a share of the training responses (``--off-task``) is re-paired with
+another instruction (``reward.off_task_instructions``), so that both models must read the request;
+each run also reports its final-step error on the held-out samples re-paired the same way.
+
 Both, and the shipped Bradley-Terry reward model ``tiny-reviews-rm`` (trained on noisy,
 length-biased preferences), then pick the best of n of the policy's responses to held-out
 instructions; the gold utility of the pick is averaged over every n-subset of N samples
 (``reward.best_of_n_expectation``). Also the step models' per-step error against the exact
 per-prefix posterior. The largest size with the first model seed is the "main" run (every
 selector, an example response). Writes benchmarks/results/reward_process.json (with the
-checkpoints' sha256), which the chapter plots. About 2 CPU-minutes per step model on one thread
+checkpoints' sha256), which the chapter plots. About 2.5 CPU-minutes per step model on one thread
 (8 by default), plus sampling.
 """
 import argparse
@@ -55,7 +59,10 @@ def main(argv=None) -> None:
     ap.add_argument("--train-prompts", type=int, nargs="+", default=[125, 1000],
                     help="training set sizes (instructions; the first n of one sampled set)")
     ap.add_argument("--k", type=int, default=2, help="training responses per instruction")
-    ap.add_argument("--steps", type=int, default=300, help="optimiser steps of each step model")
+    ap.add_argument("--off-task", type=float, default=reward.ProcessRewardModelConfig().off_task,
+                    help="share of training responses re-paired with another instruction (as the shipped recipe)")
+    ap.add_argument("--steps", type=int, default=reward.ProcessRewardModelConfig().steps,
+                    help="optimiser steps of each step model (as the shipped recipe)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-prompts", type=int, default=128)
@@ -77,8 +84,9 @@ def main(argv=None) -> None:
     train_y = reward.sample_responses(policy, tok, train_x, args.k, generator=gen)
     xs = [x for x, ys in zip(train_x, train_y) for _ in ys]
     ys = [y for yy in train_y for y in yy]
+    xs = reward.off_task_instructions(xs, args.off_task, args.seed)  # as train_prm: some answer another request
     train_gold = np.mean([reward.gold_utility(world, x, y) for x, y in zip(xs, ys)])
-    print(f"{len(ys)} training responses, mean gold {train_gold:.3f}", flush=True)
+    print(f"{len(ys)} training responses ({args.off_task:.0%} re-paired), mean gold {train_gold:.3f}", flush=True)
 
     # held-out instructions, N samples each, scored by every selector
     eval_x = [x for x, _ in world.instructions(args.eval_prompts, seed=args.seed + 30_000)]
@@ -88,6 +96,8 @@ def main(argv=None) -> None:
     shape = (args.eval_prompts, args.n)
     gold = np.array([reward.gold_utility(world, x, y) for x, y in zip(ex, ey)]).reshape(shape)
     exact = [reward.process_labels(world, x, y)[1:] for x, y in zip(ex, ey)]  # the T + 1 response steps
+    off_x = reward.off_task_instructions(ex, 1.0, args.seed)  # the same samples answering other requests
+    off_gold = np.array([reward.gold_utility(world, x, y) for x, y in zip(off_x, ey)])
     ns = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= args.n]
 
     def curve(s):
@@ -111,13 +121,31 @@ def main(argv=None) -> None:
                        "best_of_n": {agg: curve(reward.aggregate_steps(pred, agg))
                                      for agg in ("last", "min", "product")},
                        "per_step": _step_metrics(pred, exact),
-                       "final_step": _step_metrics([p[-1:] for p in pred], [v[-1:] for v in exact])}
+                       "final_step": _step_metrics([p[-1:] for p in pred], [v[-1:] for v in exact]),
+                       "off_task_final_step": _step_metrics(
+                           [p[-1:] for p in reward.step_scores(model, tok, off_x, ey)], [[g] for g in off_gold])}
                 runs.append(run)
                 print(f"{kind:8s} {m:5d} responses seed {model_seed}: best-of-n (last) "
                       + " ".join(f"{g:.3f}" for g in run["best_of_n"]["last"]["gold"])
                       + f"  per-step MAE {run['per_step']['mae']:.3f}  ({run['seconds']} s)", flush=True)
                 if n_prompts == max(args.train_prompts) and model_seed == args.model_seeds[0]:
                     main_steps[kind] = pred
+                    if kind == "process":  # the shipped recipe's data and seeds: the same weights?
+                        shipped = zoo.load("tiny-reviews-prm", device="cpu")[0].state_dict()
+                        same_as_shipped = all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
+    # ablation: the main process model trained on on-task responses only (no re-paired requests)
+    t = time.perf_counter()
+    on_task_x = [x for x, yy in zip(train_x, train_y) for _ in yy]
+    batch = reward.step_label_batch(tok, world, on_task_x, ys)
+    model, _ = reward.step_model_from_lm(reward.POLICY, seed=args.model_seeds[0], device="cpu")
+    reward.train_step_model(model, batch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                            seed=args.model_seeds[0], progress=False)
+    pred, off_pred = reward.step_scores(model, tok, ex, ey), reward.step_scores(model, tok, off_x, ey)
+    on_task_only = {"n_responses": len(ys), "seconds": round(time.perf_counter() - t, 1),
+                    "per_step": _step_metrics(pred, exact),
+                    "off_task_final_step": _step_metrics([p[-1:] for p in off_pred], [[g] for g in off_gold])}
+    print(f"process, on-task responses only: off-task final MAE {on_task_only['off_task_final_step']['mae']:.3f}",
+          flush=True)
     rm, rm_tok = zoo.load("tiny-reviews-rm", device="cpu")
     steps = main_steps
     selectors = {
@@ -143,8 +171,10 @@ def main(argv=None) -> None:
     out = {
         "meta": {"command": "python benchmarks/reward_process.py " + " ".join(sys.argv[1:] if argv is None else argv),
                  "policy": reward.POLICY,
-                 "weights_sha256": {n: _weights_sha(n) for n in (reward.POLICY, "tiny-reviews-rm")},
-                 "train_prompts": args.train_prompts, "k": args.k, "model_seeds": args.model_seeds,
+                 "weights_sha256": {n: _weights_sha(n) for n in (reward.POLICY, "tiny-reviews-rm", "tiny-reviews-prm")},
+                 "main_process_model_is_shipped_prm": same_as_shipped,
+                 "train_prompts": args.train_prompts, "k": args.k, "off_task": args.off_task,
+                 "model_seeds": args.model_seeds,
                  "train_responses": len(ys), "train_gold": float(train_gold),
                  "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr,
                  "eval_prompts": args.eval_prompts, "n": args.n, "seed": args.seed,
@@ -152,7 +182,8 @@ def main(argv=None) -> None:
                  "cpus": os.cpu_count(), "load_average": os.getloadavg()[0],
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())},
         "ns": ns, "kl": [reward.best_of_n_kl(n) for n in ns], "best_of_n": curves, "per_step": per_step,
-        "example": example, "runs": runs,
+        "example": example, "runs": runs, "on_task_only": on_task_only,
+        "off_task_gold_mean": float(off_gold.mean()),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))

@@ -413,6 +413,21 @@ def test_aggregate_steps():
         reward.aggregate_steps([np.array([])], "min")
 
 
+def test_off_task_instructions_repairs_a_share_with_other_requests():
+    xs = [f"write a positive review about the {a} :" for a in ("plot", "music", "acting", "ending", "jokes")] * 4
+    assert reward.off_task_instructions(xs, 0.0, seed=1) == xs
+    everything = reward.off_task_instructions(xs, 1.0, seed=1)
+    assert sorted(everything) == sorted(xs)  # the same requests, handed round
+    moved = [i for i, (a, b) in enumerate(zip(xs, everything)) if a != b]
+    assert len(moved) >= 12  # only a response given a copy of its own request keeps it
+    quarter = reward.off_task_instructions(xs, 0.25, seed=1)
+    assert sum(a != b for a, b in zip(xs, quarter)) <= 5 and sorted(quarter) == sorted(xs)
+    assert reward.off_task_instructions(xs, 0.25, seed=1) == quarter != reward.off_task_instructions(xs, 0.25, seed=2)
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="share"):
+            reward.off_task_instructions(xs, bad)
+
+
 def test_step_label_batch_puts_the_worlds_posteriors_at_the_right_tokens(world):
     _, tok = zoo.load("tiny-reviews", device="cpu")
     xs = ["write a positive review about the acting :", "write a very negative review about the music :"]
@@ -495,3 +510,8 @@ def test_shipped_process_reward_model_tracks_the_worlds_posterior(world):
     assert mae < 0.15 and mae < 0.5 * constant, (mae, constant)
     final_p, final_g = np.array([r[-1] for r in pred]), np.array([r[-1] for r in gold])
     assert np.corrcoef(final_p, final_g)[0, 1] > 0.5
+    # it reads the request: the same responses answering other requests (true score mostly ~0)
+    ox = reward.off_task_instructions(xs, 1.0, seed=3)
+    off_p = np.array([r[-1] for r in reward.step_scores(prm, tok, ox, ys)])
+    off_g = np.array([reward.gold_utility(world, x, y) for x, y in zip(ox, ys)])
+    assert np.abs(off_p - off_g).mean() < 0.2 and off_p[off_g < 0.05].mean() < 0.3, (off_p.mean(), off_g.mean())

@@ -772,8 +772,8 @@ def recipe_data(cfg: RewardModelConfig):
 # step separator. No TRL release ships a process-reward trainer any more (TRL 1.16 has none), so
 # the loop is written out here; its loss is checked against torch's BCE in tests/test_reward.py.
 __all__ += [
-    "process_labels", "step_label_batch", "step_label_loss", "step_model_from_lm", "step_scores",
-    "aggregate_steps", "train_step_model", "ProcessRewardModelConfig", "train_prm",
+    "process_labels", "off_task_instructions", "step_label_batch", "step_label_loss", "step_model_from_lm",
+    "step_scores", "aggregate_steps", "train_step_model", "ProcessRewardModelConfig", "train_prm",
 ]
 
 
@@ -787,6 +787,31 @@ def process_labels(world: TinyReviews, instruction: str, response: str) -> np.nd
     Taught in chapter 6, "Outcome and process rewards".
     """
     return world.prefix_instruction_scores(instruction, response, ended=True)
+
+
+def off_task_instructions(instructions, share: float, seed: int = 0) -> list[str]:
+    """Re-pair a random ``share`` of responses with another response's instruction (exact negatives).
+
+    The policy's responses follow their instructions (the SFT model's mean gold is about 0.8), so
+    a step model trained on them alone can learn that a fluent review is a good one and never read
+    the request: the first ``tiny-reviews-prm`` scored positive reviews for a *negative* request at
+    about 0.74. Giving a share of the responses the instruction of another one (a random cyclic
+    shift among those picked, so the instructions stay the same multiset) adds responses that answer
+    a different request; the world labels them exactly like the others, mostly near 0. Returns the
+    new list of instructions, one per response; ``seed`` makes it repeatable.
+
+    Taught in chapter 6, "Outcome and process rewards".
+    """
+    from rl4lmt.utils import check_texts
+
+    xs = check_texts(instructions)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0.0 <= share <= 1.0:
+        raise ValueError(f"share must be a number in [0, 1], got {share!r}")
+    picked = np.random.default_rng(seed).choice(len(xs), int(round(share * len(xs))), replace=False)
+    new = list(xs)
+    for i, j in zip(picked, np.roll(picked, 1)):  # each picked response takes the previous one's request
+        new[i] = xs[j]
+    return new
 
 
 def step_label_batch(tokenizer, world: TinyReviews, instructions, responses, *, outcome_only: bool = False) -> dict:
@@ -953,10 +978,14 @@ class ProcessRewardModelConfig:
     """Training instructions (``world.instructions`` with seed ``seed + 20000``, apart from the RM's)."""
     k: int = 2
     """Responses sampled per instruction; every word of each is a labelled step."""
+    off_task: float = 0.25
+    """Share of training responses given another response's instruction (:func:`off_task_instructions`):
+    without them the model never has to read the request."""
     n_eval_prompts: int = 64
     """Held-out instructions (seed ``seed + 30000``) for the reported per-step error."""
-    steps: int = 300
-    """Adam steps of :func:`train_step_model`."""
+    steps: int = 1000
+    """Adam steps of :func:`train_step_model` (reading the request as well as the review takes more
+    than the 300 that on-task responses alone needed)."""
     batch_size: int = 32
     lr: float = 1e-3
     seed: int = 0
@@ -968,8 +997,9 @@ class ProcessRewardModelConfig:
 def train_prm(out_dir=None, cfg: ProcessRewardModelConfig | None = None, progress: bool = True) -> dict:
     """Build the shipped process reward model ``tiny-reviews-prm``: a ``GPT2ForTokenClassification``.
 
-    The policy's responses to fresh instructions, every step labelled with the world's exact
-    posterior (:func:`step_label_batch`), fitted by :func:`train_step_model` from
+    The policy's responses to fresh instructions (a share re-paired with other instructions,
+    :func:`off_task_instructions`), every step labelled with the world's exact posterior
+    (:func:`step_label_batch`), fitted by :func:`train_step_model` from
     :func:`step_model_from_lm`; saved with its tokenizer and ``training.json`` (recipe, timings,
     held-out per-step error against the exact posterior). Seeded end to end: the same command
     rebuilds the same bytes on the same machine. ``benchmarks/reward_process.py`` trains the same
@@ -989,6 +1019,7 @@ def train_prm(out_dir=None, cfg: ProcessRewardModelConfig | None = None, progres
     xs0 = [x for x, _ in world.instructions(cfg.n_prompts, seed=cfg.seed + 20_000)]
     ys0 = sample_responses(policy, tokenizer, xs0, cfg.k, generator=gen)
     xs, ys = [x for x, yy in zip(xs0, ys0) for _ in yy], [y for yy in ys0 for y in yy]
+    xs = off_task_instructions(xs, cfg.off_task, cfg.seed)
     batch = step_label_batch(tokenizer, world, xs, ys)
     t_data = time.perf_counter() - t0
     model, _ = step_model_from_lm(cfg.policy, seed=cfg.seed, device="cpu")
@@ -1000,6 +1031,10 @@ def train_prm(out_dir=None, cfg: ProcessRewardModelConfig | None = None, progres
     ex, ey = [x for x, yy in zip(ex0, ey0) for _ in yy], [y for yy in ey0 for y in yy]
     pred = np.concatenate(step_scores(model, tokenizer, ex, ey))
     gold = np.concatenate([process_labels(world, x, y)[1:] for x, y in zip(ex, ey)])
+    # the same responses, each answering another request: does the model read the instruction?
+    ox = off_task_instructions(ex, 1.0, cfg.seed)
+    off_pred = np.array([p[-1] for p in step_scores(model, tokenizer, ox, ey)])
+    off_gold = np.array([gold_utility(world, x, y) for x, y in zip(ox, ey)])
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
@@ -1008,7 +1043,9 @@ def train_prm(out_dir=None, cfg: ProcessRewardModelConfig | None = None, progres
         "seconds_data": round(t_data, 1), "seconds_train": round(t_train, 1),
         "loss_first_20": float(np.mean(losses[:20])), "loss_last_20": float(np.mean(losses[-20:])),
         "eval": {"n_responses": len(ey), "n_steps": int(len(gold)), "mae": float(np.abs(pred - gold).mean()),
-                 "accuracy_at_half": float(((pred > 0.5) == (gold > 0.5)).mean())},
+                 "accuracy_at_half": float(((pred > 0.5) == (gold > 0.5)).mean()),
+                 "off_task_final_mae": float(np.abs(off_pred - off_gold).mean()),
+                 "off_task_final_mean": float(off_pred.mean()), "off_task_gold_mean": float(off_gold.mean())},
     }
     (out_dir / "training.json").write_text(json.dumps(report, indent=1))
     return report
