@@ -11,7 +11,19 @@ annotators' labels of reward functions that know more than any reward model can:
 - ``g_hat + lambda * length``, where ``g_hat`` is the reward-model architecture (SFT trunk, scalar
   head) regressed on the *noise-free* gold utility of the training responses (no annotators, no
   noise), on half and on all of the training responses: an upper bound on what Bradley-Terry
-  training on noisy pairs of the same responses can learn about gold.
+  training on noisy pairs of the same responses can learn about gold (its R^2 on the training
+  responses too: below 1 means it underfits, not only that it lacks data);
+- a bag-of-words logistic model of gold (unigrams and bigrams, one weight vector per requested
+  sentiment, plus "the requested aspect is named"), fitted to the same noise-free gold: another
+  model family, to see whether gold is easy in a simpler representation.
+
+Then a question about the goal "within 3 points of the ceiling":
+
+- ``annotator_grid``: is the gap an artefact of the annotators' settings? For beta, epsilon and
+  lambda on a grid, the exact ceiling of the same pairs and the expected accuracy (labels drawn
+  from those annotators) of two fixed orderings: the shipped reward model's, and
+  ``g_hat + lambda * length`` with the noise-free gold regression above. Neither is retrained
+  per setting, so these are the orderings' gaps, not new reward models'.
 
 Writes benchmarks/results/reward_learnability.json.
 """
@@ -27,7 +39,7 @@ import torch
 from scipy import stats
 from sklearn.linear_model import LogisticRegression
 
-from rl4lmt import reward
+from rl4lmt import reward, zoo
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,6 +84,47 @@ def _regress_gold(texts, gold, epochs: int, seed: int = 0):
     return rm.eval(), tok
 
 
+def _expected_accuracy(a, b, p) -> float:
+    """Expected pairwise accuracy of scores ``a`` (chosen) and ``b`` (rejected) when the label is the
+    chosen one with probability ``p``: a tie is a miss, as in ``reward.pairwise_accuracy``."""
+    return float(np.mean(np.where(a > b, p, np.where(a < b, 1 - p, 0.0))))
+
+
+def _bag_of_words_gold(train_texts, train_gold, eval_texts) -> np.ndarray:
+    """Logistic regression of gold (soft labels) on word uni- and bigrams, per requested sentiment."""
+    import re
+
+    from scipy import sparse
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    def split(texts):
+        heads = [re.match(r"write an? (.*) review about the (\w+) :", t) for t in texts]
+        if any(h is None for h in heads):
+            raise ValueError("a text does not start with a TinyReviews instruction")
+        return [h.groups() for h in heads], [t[h.end():] for t, h in zip(texts, heads)]
+
+    (asked, responses), vec = split(train_texts), CountVectorizer(token_pattern=r"[^ ]+", ngram_range=(1, 2))
+    vec.fit(responses)
+    sentiments = sorted({s for s, _ in asked})
+
+    def features(texts):
+        asked, responses = split(texts)
+        words = vec.transform(responses)
+        blocks = [sparse.diags(np.array([s == want for s, _ in asked], float)) @ words for want in sentiments]
+        named = np.array([[f" {a} " in f" {y} "] for (_, a), y in zip(asked, responses)], float)
+        return sparse.hstack(blocks + [sparse.csr_matrix(named)]).tocsr()
+
+    x = features(train_texts)
+    clf = LogisticRegression(C=1.0, max_iter=3000).fit(
+        sparse.vstack([x, x]), np.r_[np.ones(len(train_gold)), np.zeros(len(train_gold))],
+        sample_weight=np.r_[train_gold, 1 - train_gold] + 1e-6)
+    return clf.predict_proba(features(eval_texts))[:, 1]
+
+
+def _r2(pred, true) -> float:
+    return float(1 - np.mean((np.asarray(pred) - true) ** 2) / np.var(true))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=6, help="epochs of the noise-free gold regressions")
@@ -108,11 +161,43 @@ def main() -> None:
         sc = reward.score(model, mtok, ev["prompt"], [c[1:-len(mtok.eos_token) - 1] for c in ev["chosen"]]).numpy()
         sr = reward.score(model, mtok, ev["prompt"], [r[1:-len(mtok.eos_token) - 1] for r in ev["rejected"]]).numpy()
         pred, true = np.r_[sc, sr], np.r_[gc, gr]
+        seen = np.random.default_rng(cfg.seed).choice(n, min(n, 2000), replace=False)
+        with torch.no_grad():
+            batches = [mtok([texts[j] for j in seen[i:i + 256]], padding=True, return_tensors="pt")
+                       for i in range(0, len(seen), 256)]
+            fit_pred = np.concatenate([model(**enc).logits[:, 0].numpy() for enc in batches])
         out["gold_regression"].append({
             "n_responses": n, "epochs": args.epochs, "pearson": float(stats.pearsonr(pred, true)[0]),
-            "r2": float(1 - np.mean((pred - true) ** 2) / np.var(true)),
+            "r2": _r2(pred, true), "r2_on_training_responses": _r2(fit_pred, gold[seen]),
             "accuracy_g_hat_plus_lambda_len": reward.pairwise_accuracy(sc + lam * lc, sr + lam * lr)})
         print(out["gold_regression"][-1], flush=True)
+    g_hat = (sc, sr)  # the regression on all training responses
+
+    # another model family on the same noise-free gold
+    bow = _bag_of_words_gold(texts, gold, [x + c for x, c in zip(ev["prompt"], ev["chosen"])]
+                             + [x + r for x, r in zip(ev["prompt"], ev["rejected"])])
+    bc, br = bow[:len(gc)], bow[len(gc):]
+    out["bag_of_words_gold"] = {
+        "r2": _r2(np.r_[bc, br], np.r_[gc, gr]),
+        "accuracy_g_hat_plus_lambda_len": reward.pairwise_accuracy(bc + lam * lc, br + lam * lr)}
+    print(out["bag_of_words_gold"], flush=True)
+
+    # is the gap an artefact of the annotators' settings? two fixed orderings under other annotators
+    shipped, shipped_tok = zoo.load("tiny-reviews-rm", device="cpu")
+    rc, rr = (reward.score(shipped, shipped_tok, ev["prompt"], [y[1:-len(tok.eos_token) - 1] for y in ev[c]]).numpy()
+              for c in ("chosen", "rejected"))
+    out["annotator_grid"] = []
+    for beta in (3.0, 5.0, 10.0, 20.0):
+        for noise in (0.0, 0.1, 0.2):
+            for length_bias in (0.0, 0.01, 0.02, 0.04):
+                a = reward.Annotators(beta=beta, noise=noise, length_bias=length_bias)
+                q = a.prob_prefer(a.utility(gc, lc), a.utility(gr, lr))
+                ceiling = float(np.mean(np.maximum(q, 1 - q)))
+                out["annotator_grid"].append({
+                    "beta": beta, "noise": noise, "length_bias": length_bias, "ceiling": ceiling,
+                    "shipped_rm": _expected_accuracy(rc, rr, q),
+                    "g_hat_plus_lambda_len": _expected_accuracy(g_hat[0] + length_bias * lc,
+                                                                g_hat[1] + length_bias * lr, q)})
     out.update(seconds=round(time.perf_counter() - t0, 1),
                machine={"platform": platform.platform(), "load_average": os.getloadavg()})
     path = ROOT / "benchmarks" / "results" / "reward_learnability.json"
