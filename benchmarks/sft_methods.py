@@ -1,6 +1,6 @@
 """Chapter 5's comparison of fine-tuning methods on the same data, seed and step budget.
 
-    .venv/bin/python benchmarks/sft_methods.py [--steps 300] [--only full,lora-attn-r4] [--n-eval 500]
+    .venv/bin/python benchmarks/sft_methods.py [--steps 300] [--only full,lora-attn-r4] [--n-eval 500] [--lr 3e-2 --out F]
 
 Every method starts from the shipped ``tiny-reviews`` and trains with TRL's ``SFTTrainer``
 (completion-only loss, batch 32, AdamW with warm-up + cosine, one CPU thread) on the same
@@ -233,7 +233,14 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated method names (default: all)")
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="one learning rate for every selected method instead of its own (an lr probe: "
+                         "e.g. --only lora-attn-r4 --lr 3e-2 --out /tmp/probe.json; rows are named NAME@lr)")
     args = ap.parse_args()
+    if args.lr is not None and args.out.resolve() == OUT.resolve():
+        ap.error("--lr runs are probes: write them to another file with --out, not into the chapter's table")
+    if args.lr is not None and not args.lr > 0:
+        ap.error(f"--lr must be > 0, got {args.lr}")
     out = args.out
     torch.set_num_threads(1)
     world = TinyReviews()
@@ -247,10 +254,16 @@ def main() -> None:
     results.setdefault("methods", {})
     results.update(reference_rows(eval_pairs, reviews, world))
     names = args.only.split(",") if args.only else list(METHODS)
+    unknown = [n for n in names if n not in METHODS]
+    if unknown:
+        ap.error(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
     for name in names:
-        print(f"== {name}", flush=True)
-        results["methods"][name] = run(name, METHODS[name], args.steps, eval_pairs, reviews, world)
-        print(json.dumps(results["methods"][name]), flush=True)
+        spec, row = dict(METHODS[name]), name
+        if args.lr is not None:
+            spec["lr"], row = args.lr, f"{name}@lr{args.lr:g}"
+        print(f"== {row}", flush=True)
+        results["methods"][row] = run(name, spec, args.steps, eval_pairs, reviews, world)
+        print(json.dumps(results["methods"][row]), flush=True)
         out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps(results, indent=1))  # after every method: a crash keeps the rest
 
