@@ -30,14 +30,19 @@ Implementation details, each a function here:
 7. best-of-n: keep the highest-scored of n samples (:func:`best_of_n`); its KL to the sampler is
    at most ``log n - (n - 1)/n`` (:func:`best_of_n_kl`, Stiennon et al., 2020; Beirami et al.,
    2024), checked by :func:`best_of_n_kl_monte_carlo` with the world's exact probabilities;
-8. outcome vs process supervision (Lightman et al., 2023): a step model scores every word, trained
+8. a Bradley-Terry reward is identified only up to a constant per prompt, so its correlation with
+   gold is judged within prompts (:func:`within_prompt_correlation`, in :func:`evaluate`);
+9. outcome vs process supervision (Lightman et al., 2023): a step model scores every word, trained
    on the world's exact posterior after each prefix (:func:`process_labels`) or on the final gold
-   only (:func:`step_label_batch`), with :func:`step_label_loss`; :func:`aggregate_steps` turns
-   step scores into one (min, product, last). ``benchmarks/reward_process.py`` compares them.
+   only (:func:`step_label_batch`), with :func:`step_label_loss`; a share of its training
+   responses answers another request (:func:`off_task_instructions`), or it would never read the
+   instruction; :func:`aggregate_steps` turns step scores into one (min, product, last).
+   ``benchmarks/reward_process.py`` compares them.
 
-Rebuild the shipped reward model (same seed, same weights)::
+Rebuild the shipped reward models (same seed, same weights)::
 
     python -m rl4lmt.reward train            # or: make reward-model
+    python -m rl4lmt.reward train-prm        # or: make process-reward-model
 """
 from __future__ import annotations
 
