@@ -1,6 +1,7 @@
 """Chapter 5's comparison of fine-tuning methods on the same data, seed and step budget.
 
-    .venv/bin/python benchmarks/sft_methods.py [--steps 300] [--only full,lora-attn-r4] [--n-eval 500] [--lr 3e-2 --out F]
+    .venv/bin/python benchmarks/sft_methods.py [--steps 300] [--only full,lora-attn-r4] [--n-eval 500]
+    .venv/bin/python benchmarks/sft_methods.py --only lora-attn-r4 --lr 3e-2 --out /tmp/probe.json  # an lr probe
 
 Every method starts from the shipped ``tiny-reviews`` and trains with TRL's ``SFTTrainer``
 (completion-only loss, batch 32, AdamW with warm-up + cosine, one CPU thread) on the same
