@@ -192,9 +192,8 @@ def main() -> None:
             for length_bias in (0.0, 0.01, 0.02, 0.04):
                 a = reward.Annotators(beta=beta, noise=noise, length_bias=length_bias)
                 q = a.prob_prefer(a.utility(gc, lc), a.utility(gr, lr))
-                ceiling = float(np.mean(np.maximum(q, 1 - q)))
                 out["annotator_grid"].append({
-                    "beta": beta, "noise": noise, "length_bias": length_bias, "ceiling": ceiling,
+                    "beta": beta, "noise": noise, "length_bias": length_bias, "ceiling": reward.bayes_ceiling(q),
                     "shipped_rm": _expected_accuracy(rc, rr, q),
                     "g_hat_plus_lambda_len": _expected_accuracy(g_hat[0] + length_bias * lc,
                                                                 g_hat[1] + length_bias * lr, q)})

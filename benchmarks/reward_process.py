@@ -104,16 +104,25 @@ def main(argv=None) -> None:
         rows = [reward.best_of_n_expectation(np.asarray(s).reshape(shape), gold, n) for n in ns]  # (M,) each
         return {"gold": [float(r.mean()) for r in rows], "se": [float(r.std(ddof=1) / np.sqrt(len(r))) for r in rows]}
 
+    def fit(train_xs, train_ys, model_seed, outcome_only=False):
+        """One step model from the SFT LM on these responses, with the run's loop and budget."""
+        batch = reward.step_label_batch(tok, world, train_xs, train_ys, outcome_only=outcome_only)
+        model, _ = reward.step_model_from_lm(reward.POLICY, seed=model_seed, device="cpu")
+        losses = reward.train_step_model(model, batch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                                         seed=model_seed, progress=False)
+        return model, losses
+
+    def off_task_final(model):
+        """Final-step agreement with gold on the held-out samples re-paired with other requests."""
+        return _step_metrics([p[-1:] for p in reward.step_scores(model, tok, off_x, ey)], [[g] for g in off_gold])
+
     runs, main_steps = [], {}
     for n_prompts in sorted(args.train_prompts):
         m = n_prompts * args.k  # the first n_prompts instructions' responses
         for model_seed in args.model_seeds:
             for kind in ("process", "outcome"):
                 t = time.perf_counter()
-                batch = reward.step_label_batch(tok, world, xs[:m], ys[:m], outcome_only=kind == "outcome")
-                model, _ = reward.step_model_from_lm(reward.POLICY, seed=model_seed, device="cpu")
-                losses = reward.train_step_model(model, batch, steps=args.steps, batch_size=args.batch_size,
-                                                 lr=args.lr, seed=model_seed, progress=False)
+                model, losses = fit(xs[:m], ys[:m], model_seed, outcome_only=kind == "outcome")
                 pred = reward.step_scores(model, tok, ex, ey)
                 run = {"kind": kind, "n_prompts": n_prompts, "n_responses": m, "model_seed": model_seed,
                        "loss_start": float(np.mean(losses[:20])), "loss_end": float(np.mean(losses[-20:])),
@@ -122,8 +131,7 @@ def main(argv=None) -> None:
                                      for agg in ("last", "min", "product")},
                        "per_step": _step_metrics(pred, exact),
                        "final_step": _step_metrics([p[-1:] for p in pred], [v[-1:] for v in exact]),
-                       "off_task_final_step": _step_metrics(
-                           [p[-1:] for p in reward.step_scores(model, tok, off_x, ey)], [[g] for g in off_gold])}
+                       "off_task_final_step": off_task_final(model)}
                 runs.append(run)
                 print(f"{kind:8s} {m:5d} responses seed {model_seed}: best-of-n (last) "
                       + " ".join(f"{g:.3f}" for g in run["best_of_n"]["last"]["gold"])
@@ -135,15 +143,9 @@ def main(argv=None) -> None:
                         same_as_shipped = all(torch.equal(v, shipped[k]) for k, v in model.state_dict().items())
     # ablation: the main process model trained on on-task responses only (no re-paired requests)
     t = time.perf_counter()
-    on_task_x = [x for x, yy in zip(train_x, train_y) for _ in yy]
-    batch = reward.step_label_batch(tok, world, on_task_x, ys)
-    model, _ = reward.step_model_from_lm(reward.POLICY, seed=args.model_seeds[0], device="cpu")
-    reward.train_step_model(model, batch, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                            seed=args.model_seeds[0], progress=False)
-    pred, off_pred = reward.step_scores(model, tok, ex, ey), reward.step_scores(model, tok, off_x, ey)
-    on_task_only = {"n_responses": len(ys), "seconds": round(time.perf_counter() - t, 1),
-                    "per_step": _step_metrics(pred, exact),
-                    "off_task_final_step": _step_metrics([p[-1:] for p in off_pred], [[g] for g in off_gold])}
+    model, _ = fit([x for x, yy in zip(train_x, train_y) for _ in yy], ys, args.model_seeds[0])
+    on_task_only = {"n_responses": len(ys), "per_step": _step_metrics(reward.step_scores(model, tok, ex, ey), exact),
+                    "off_task_final_step": off_task_final(model), "seconds": round(time.perf_counter() - t, 1)}
     print(f"process, on-task responses only: off-task final MAE {on_task_only['off_task_final_step']['mae']:.3f}",
           flush=True)
     rm, rm_tok = zoo.load("tiny-reviews-rm", device="cpu")
